@@ -113,7 +113,8 @@ class Classifier:
         """Switch the bin profile used for new predictions."""
         self.region = get_region(region_id)
 
-    def predict(self, image: Any, *, crop: bool | None = None, channels: str = "RGB") -> Prediction:
+    def predict(self, image: Any, *, crop: bool | None = None, channels: str = "RGB",
+                tta: bool = False) -> Prediction:
         """Classify one image (path, bytes, PIL image or numpy array).
 
         ``crop``: isolate the object first (default: on when the classifier's ``isolation``
@@ -122,17 +123,23 @@ class Classifier:
         Raises:
             ImageLoadError: the input is not a usable image.
         """
-        return self.predict_batch([image], crop=crop, channels=channels)[0]
+        return self.predict_batch([image], crop=crop, channels=channels, tta=tta)[0]
 
     def predict_batch(self, images: Sequence[Any], *, crop: bool | None = None,
-                      channels: str = "RGB", batch_size: int = 32) -> list[Prediction]:
-        """Classify many images in batches; all must load (use ``load_image`` first to filter)."""
+                      channels: str = "RGB", batch_size: int = 32, tta: bool = False) -> list[Prediction]:
+        """Classify many images in batches; all must load (use ``load_image`` first to filter).
+
+        ``tta``: also classify the mirror image and average the probabilities.
+        """
         predictions: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             t0 = time.perf_counter()
             pils, boxes = zip(*(self._prepare(im, crop, channels) for im in chunk), strict=True)
-            probs = self.probabilities([self.transform(p) for p in pils])
+            tensors = [self.transform(p) for p in pils]
+            probs = self.probabilities(tensors)
+            if tta:
+                probs = (probs + self.probabilities([t.flip(-1) for t in tensors])) / 2
             each = (time.perf_counter() - t0) / len(chunk)
             predictions += [self._prediction(p, box, each) for p, box in zip(probs, boxes, strict=True)]
         return predictions

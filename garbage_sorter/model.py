@@ -156,7 +156,7 @@ def save_checkpoint(
         "config": _plain(config or {}),
         "metrics": _plain(metrics or {}),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
                      "python": platform.python_version()},
         "state_dict": state,
         **(extra or {}),

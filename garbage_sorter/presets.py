@@ -110,13 +110,15 @@ def normalize_module(prep: Preprocessing):
     return v2.Normalize(mean=list(prep.mean), std=list(prep.std))
 
 
-def train_transform(prep: Preprocessing, strength: float = 1.0, background=None):
+def train_transform(prep: Preprocessing, strength: float = 1.0, background=None, normalize: bool = True):
     """Augmentation for training, from the same ``prep`` values.
 
     ``strength`` scales photometric and geometric jitter (0 = only flips and crops). The
     original project's future work asked for random crops, flips and colour jitter; rotations,
     blur and JPEG-like softening are here because phone photos of waste have all of them.
     ``background`` is an optional PIL->PIL callable (background compositing) run first.
+    ``normalize=False`` leaves values in [0, 1] for a loop that normalises on the device (and
+    can hand the same batch to a teacher with other statistics).
     """
     import torch
     from torchvision.transforms import v2
@@ -132,6 +134,7 @@ def train_transform(prep: Preprocessing, strength: float = 1.0, background=None)
         v2.ColorJitter(0.35 * s, 0.35 * s, 0.3 * s, 0.04 * min(s, 1.0)),
         v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5 * s + 0.1))], p=0.2 * min(s, 1.0)),
         v2.ToDtype(torch.float32, scale=True),
-        normalize_module(prep),
     ]
+    if normalize:
+        steps.append(normalize_module(prep))
     return v2.Compose(steps)

@@ -1,0 +1,256 @@
+"""The ``garbage-sorter`` command: app (the default), classify, evaluate, web, train, export.
+
+Exit status: 0 all went well, 1 some inputs failed (the rest still answered), 2 usage error.
+Bad input gets a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+SUBCOMMANDS = ("app", "classify", "evaluate", "web", "train", "export")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="PATH", help="checkpoint file (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when a GPU is present")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="garbage-sorter",
+        description="Which bin does this item of waste go in? Without a subcommand, opens the app.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+
+    app = sub.add_parser("app", help="open the desktop app (default)")
+    _model_options(app)
+    app.add_argument("--camera", metavar="INDEX|PATH", help="camera index or a video file to use as camera")
+    app.add_argument("--region", help="bin profile, e.g. de, uk, us")
+
+    classify = sub.add_parser("classify", help="classify image files or folders")
+    _model_options(classify)
+    classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    classify.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
+    classify.add_argument("--region", help="bin profile (default: the saved choice, else 'default')")
+    crop = classify.add_mutually_exclusive_group()
+    crop.add_argument("--crop", dest="crop", action="store_true", default=None,
+                      help="isolate the object before classifying")
+    crop.add_argument("--no-crop", dest="crop", action="store_false", help="classify the whole image")
+    classify.add_argument("--isolation", default=None, choices=("auto", "u2netp", "grabcut"),
+                          help="isolation backend for --crop (default: the model's recommendation)")
+    classify.add_argument("--tta", action="store_true", help="average over a flipped copy too")
+
+    evaluate = sub.add_parser("evaluate", help="accuracy and per-class figures on labelled photos")
+    _model_options(evaluate)
+    evaluate.add_argument("dir", metavar="DIR",
+                          help="folder-per-class tree, or a split file/folder written by train (test.txt)")
+    evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    evaluate.add_argument("--subset", default="test", help="split to use when DIR is a split folder")
+    crop = evaluate.add_mutually_exclusive_group()
+    crop.add_argument("--crop", dest="crop", action="store_true", default=None)
+    crop.add_argument("--no-crop", dest="crop", action="store_false")
+
+    web = sub.add_parser("web", help="serve the assistant as a web page (Gradio)")
+    _model_options(web)
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    web.add_argument("--port", type=int, default=7860)
+    web.add_argument("--share", action="store_true", help="also make a public Gradio share link")
+
+    sub.add_parser("train", help="train a model (see garbage-sorter train --help)", add_help=False)
+
+    export = sub.add_parser("export", help="export the model for other runtimes")
+    _model_options(export)
+    export.add_argument("--onnx", metavar="OUT", required=True, help="write an ONNX file")
+    export.add_argument("--int8", action="store_true", help="also quantise it to int8 (OUT with .int8.onnx)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from .training.train import cli
+
+        return cli(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    command = args.command or "app"
+    try:
+        if command == "app":
+            return _app(args)
+        if command == "classify":
+            return _classify(args)
+        if command == "evaluate":
+            return _evaluate(args)
+        if command == "web":
+            return _web(args)
+        if command == "export":
+            return _export(args)
+    except KeyboardInterrupt:
+        return 130
+    except _Failure as exc:
+        print(f"garbage-sorter: {exc}", file=sys.stderr)
+        return exc.status
+    return 2
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def _load_classifier(args: argparse.Namespace, **kwargs):
+    from .classifier import Classifier
+    from .model import CheckpointError
+
+    try:
+        return Classifier.load(getattr(args, "model", None), device=args.device, **kwargs)
+    except CheckpointError as exc:
+        raise _Failure(str(exc)) from None
+    except ValueError as exc:  # unknown region, no CUDA
+        raise _Failure(str(exc), 2) from None
+
+
+def _app(args: argparse.Namespace) -> int:
+    try:
+        from .ui.app import run
+    except ImportError as exc:
+        raise _Failure(f"the desktop app cannot start: {exc}") from None
+    return run(model=args.model, device=args.device, camera=args.camera, region=args.region)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from .images import ImageLoadError, iter_image_paths, load_image
+
+    kwargs = {"region": args.region}
+    if args.isolation:
+        kwargs["isolation"] = args.isolation
+    clf = _load_classifier(args, **kwargs)
+    paths = list(iter_image_paths(args.paths))
+    if not paths:
+        raise _Failure("no images found in " + ", ".join(args.paths))
+    failed = 0
+    rows: list[tuple[str, str, str, str]] = []
+    show_bar = not args.json and len(paths) > 10 and sys.stderr.isatty()
+    started = time.perf_counter()
+    batch: list[tuple[Path, object]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        try:
+            predictions = clf.predict_batch([im for _, im in batch], crop=args.crop, tta=args.tta)
+        except ImageLoadError as exc:  # cropping can still meet a bad image
+            predictions = [exc] * len(batch)
+        for (path, _), pred in zip(batch, predictions, strict=True):
+            _emit(path, pred, args.json, rows)
+        batch.clear()
+
+    for i, path in enumerate(paths, 1):
+        try:
+            batch.append((path, load_image(path, draft=clf.checkpoint.preprocessing.resize)))
+        except ImageLoadError as exc:
+            failed += 1
+            flush()
+            _emit(path, exc, args.json, rows)
+        if len(batch) >= 16:
+            flush()
+        if show_bar:
+            rate = i / (time.perf_counter() - started)
+            print(f"\r\033[K{i}/{len(paths)}  {rate:.1f} images/s", end="", file=sys.stderr, flush=True)
+    flush()
+    if show_bar:
+        print("\r\033[K", end="", file=sys.stderr)
+    if not args.json:
+        _print_table(rows)
+        print(f"\n{len(paths) - failed} classified, {failed} failed; region {clf.region.title}; "
+              f"model {clf.name} on {clf.device.type}")
+    return 1 if failed else 0
+
+
+def _emit(path: Path, result, as_json: bool, rows: list) -> None:
+    from .classifier import UNSURE_MESSAGE, Prediction
+
+    if isinstance(result, Prediction):
+        if as_json:
+            d = result.to_dict()
+            print(json.dumps({"path": str(path), **{k: d[k] for k in (
+                "label", "confidence", "probabilities", "bin", "crop_box", "uncertain")}}), flush=True)
+        else:
+            label = f"{result.label}?" if result.uncertain else result.label
+            where = UNSURE_MESSAGE if result.uncertain else f"{result.bin.name}"
+            rows.append((str(path), label, f"{result.confidence:.0%}", where))
+    else:
+        if as_json:
+            print(json.dumps({"path": str(path), "error": str(result)}), flush=True)
+        else:
+            rows.append((str(path), "error", "", str(result)))
+
+
+def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    if not rows:
+        return
+    widths = [min(max(len(r[i]) for r in rows), 60) for i in range(3)]
+    head = ("file", "class", "conf", "bin")
+    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=False)]
+    print(f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]:>{widths[2]}}  {head[3]}")
+    for path, label, conf, where in rows:
+        shown = path if len(path) <= widths[0] else "…" + path[-(widths[0] - 1):]
+        print(f"{shown:<{widths[0]}}  {label:<{widths[1]}}  {conf:>{widths[2]}}  {where}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import EvaluationError, evaluate_path, format_report
+
+    clf = _load_classifier(args)
+    try:
+        result = evaluate_path(clf, Path(args.dir), subset=args.subset, crop=args.crop)
+    except EvaluationError as exc:
+        raise _Failure(str(exc)) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_report(result))
+    return 0
+
+
+def _web(args: argparse.Namespace) -> int:
+    try:
+        from .web import serve
+    except ImportError as exc:
+        raise _Failure(f"the web page cannot start: {exc}") from None
+    clf = _load_classifier(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page",
+              file=sys.stderr)
+    return serve(clf, host=args.host, port=args.port, share=args.share)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .onnx_runtime import export_onnx, quantize_int8
+
+    clf = _load_classifier(args, region=None)
+    out = Path(args.onnx)
+    export_onnx(clf.checkpoint, out)
+    print(f"wrote {out}")
+    if args.int8:
+        q = out.with_suffix(".int8.onnx")
+        quantize_int8(out, q)
+        print(f"wrote {q}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,593 @@
+"""Background augmentation: TrashNet objects cut off their white posterboard, put on other surfaces.
+
+Every TrashNet photo shows its item on the same white board, so a model trained on it learns
+"white around it" as part of every class and, shown a metal can on a brown wooden table, answers
+"cardboard". Here each training photo is, with some probability, cut out with a cheap colour
+model of the board (:func:`white_background_mask`) and composited (:func:`composite`) onto a
+procedural surface (:func:`make_background`): wood, table and floor colours, tiles, fabric,
+concrete, ground. Everything is generated with numpy/OpenCV; no texture files are downloaded.
+
+Backgrounds come in two disjoint families. ``split="train"`` is for training; ``split="heldout"``
+(a different wood generator with darker, redder browns; marble; checker tiles; painted colours
+not used in training) is only for the benchmark, so it measures generalisation to surfaces the
+model never saw rather than memory of the generator.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image
+
+POOL_SIZE = 64  # pre-generated backgrounds per split and process
+_POOL_SIDE = 384  # pool textures are square; calls take a random crop, so this bounds detail
+_POOL_SEEDS = {"train": 20240601, "heldout": 77777}
+_POOLS: dict[str, list[np.ndarray | None]] = {}
+
+# White-board model: pixels are worked on at this long side, which keeps the mask under ~2 ms.
+_MASK_SIDE = 128
+
+
+# --------------------------------------------------------------------------- noise primitives
+
+
+def _value_noise(h: int, w: int, rng: np.random.Generator, cell: float, aspect: float = 1.0) -> np.ndarray:
+    """Smooth noise in about [0, 1]: a random grid of ``cell`` px (times ``aspect`` along x), upsampled."""
+    gh = max(2, int(np.ceil(h / cell)) + 1)
+    gw = max(2, int(np.ceil(w / (cell * aspect))) + 1)
+    grid = rng.random((gh, gw), dtype=np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _fractal(h: int, w: int, rng: np.random.Generator, cell: float, octaves: int = 4, aspect: float = 1.0) -> np.ndarray:
+    """Sum of value-noise octaves, halving the cell each time; normalised to [0, 1]."""
+    out = np.zeros((h, w), np.float32)
+    amp, total = 1.0, 0.0
+    for _ in range(octaves):
+        out += amp * _value_noise(h, w, rng, max(cell, 1.5), aspect)
+        total += amp
+        amp *= 0.5
+        cell /= 2
+    out /= total
+    lo, hi = out.min(), out.max()
+    return (out - lo) / max(hi - lo, 1e-6)
+
+
+def _coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel x (1xW) and y (Hx1) coordinates as float32, to broadcast instead of full grids."""
+    return np.arange(w, dtype=np.float32)[None, :], np.arange(h, dtype=np.float32)[:, None]
+
+
+def _mix(a: np.ndarray | tuple, b: np.ndarray | tuple, t: np.ndarray) -> np.ndarray:
+    """Per-pixel blend of two colours by ``t`` in [0, 1]; HxWx3 float32 in 0..255."""
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    return a + (b - a) * t[..., None]
+
+
+def _shade(img: np.ndarray, rng: np.random.Generator, strength: float = 0.18) -> np.ndarray:
+    """A soft directional light falloff, as from a window or lamp to one side."""
+    h, w = img.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    xs, ys = _coords(h, w)
+    ramp = (np.cos(angle) * (xs / w - 0.5) + np.sin(angle) * (ys / h - 0.5)) * 2  # about -1..1
+    gain = 1.0 + np.float32(strength * rng.uniform(0.3, 1.0)) * ramp
+    return img * gain[..., None]
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator, grain: float = 3.0) -> np.ndarray:
+    """Add sensor-like noise and convert to uint8."""
+    # Uniform noise of the same spread: numpy's Gaussian sampler is several times slower.
+    img = img + np.float32(grain * 3.46) * (rng.random(img.shape, dtype=np.float32) - 0.5)
+    return cv2.convertScaleAbs(img)  # saturating cast to uint8
+
+
+def _pick(rng: np.random.Generator, palette: list) -> np.ndarray:
+    """A palette entry, jittered a little so no two surfaces are identical."""
+    colour = np.asarray(palette[rng.integers(len(palette))], np.float32)
+    return colour * rng.uniform(0.92, 1.08) + rng.normal(0, 4, 3)
+
+
+# --------------------------------------------------------------------------- training family
+
+# Browns of light furniture: oak, pine, beech, teak, grey-washed and mid walnut (light, dark) pairs.
+_TRAIN_WOODS = [
+    ((214, 176, 126), (178, 134, 86)),
+    ((226, 194, 146), (196, 156, 104)),
+    ((200, 160, 118), (160, 118, 80)),
+    ((176, 128, 82), (136, 94, 58)),
+    ((168, 158, 142), (128, 118, 102)),
+    ((150, 110, 74), (112, 80, 52)),
+]
+# Tables and floors: greys, beige, cream, black, navy, forest green, light blue.
+_TRAIN_SOLIDS = [
+    (200, 200, 198), (150, 150, 152), (95, 96, 100), (40, 40, 42), (222, 212, 190),
+    (236, 228, 206), (46, 58, 96), (52, 84, 60), (150, 180, 206), (180, 170, 150),
+]
+_TRAIN_TILES = [(210, 210, 205), (186, 180, 170), (150, 170, 190), (225, 220, 205), (120, 120, 118)]
+_TRAIN_FABRICS = [(60, 70, 110), (120, 60, 50), (90, 110, 80), (160, 150, 140), (70, 70, 75), (120, 125, 145)]
+_TRAIN_GROUND = {
+    "grass": ((60, 100, 40), (110, 150, 60)),
+    "soil": ((80, 60, 45), (130, 100, 70)),
+    "sand": ((190, 170, 130), (225, 205, 165)),
+    "asphalt": ((50, 50, 52), (95, 95, 98)),
+}
+
+
+def _wood_train(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Planks with straight-ish grain lines along x, wavy from low-frequency noise."""
+    light, dark = (np.asarray(c, np.float32) for c in _TRAIN_WOODS[rng.integers(len(_TRAIN_WOODS))])
+    out = np.empty((h, w, 3), np.float32)
+    y = 0
+    while y < h:
+        ph = int(rng.integers(70, 170))
+        rows = slice(y, min(h, y + ph))
+        n = rows.stop - rows.start
+        freq = rng.uniform(1 / 22, 1 / 9)  # grain lines per pixel across the plank
+        warp = _fractal(n, w, rng, cell=60, octaves=3, aspect=4.0) * rng.uniform(8, 25)
+        ys = np.arange(n, dtype=np.float32)[:, None]
+        grain = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (ys + warp))
+        grain = grain ** rng.uniform(1.5, 3.0)  # thin dark lines on a lighter field
+        streak = _fractal(n, w, rng, cell=6, octaves=2, aspect=12.0)
+        t = np.clip(0.55 * grain + 0.35 * streak + rng.uniform(-0.1, 0.1), 0, 1)
+        tone = rng.uniform(0.9, 1.1)  # planks differ a little from each other
+        out[rows] = _mix(light, dark, t) * tone
+        out[min(h - 1, rows.stop - 1)] *= 0.6  # the seam between planks
+        y += ph
+    return _shade(out, rng)
+
+
+def _solid(h: int, w: int, rng: np.random.Generator, palette: list) -> np.ndarray:
+    """A plain table top or floor: one colour, faint blotches, light falloff."""
+    colour = _pick(rng, palette)
+    blotch = (_fractal(h, w, rng, cell=rng.uniform(60, 200), octaves=3) - 0.5) * rng.uniform(6, 18)
+    img = colour + blotch[..., None]
+    return _shade(img, rng, strength=0.25)
+
+
+def _tiles(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Square floor or wall tiles with grout lines, each tile slightly different."""
+    size = int(rng.integers(50, 140))
+    grout_w = int(rng.integers(2, 6))
+    base = _pick(rng, _TRAIN_TILES)
+    grout = base * rng.choice([0.6, 0.75, 1.1]) + rng.normal(0, 5, 3)
+    ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
+    offset = int(rng.integers(0, size))
+    ty, tx = (ys + offset) // size, (xs + offset) // size
+    tile_tone = rng.uniform(0.93, 1.07, (ty.max() + 1, tx.max() + 1)).astype(np.float32)
+    img = base * tile_tone[ty, tx][..., None]
+    img = img + (_fractal(h, w, rng, cell=30, octaves=3)[..., None] - 0.5) * 10
+    on_grout = (((ys + offset) % size) < grout_w) | (((xs + offset) % size) < grout_w)
+    img[on_grout] = grout
+    return _shade(img, rng)
+
+
+def _fabric(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Woven cloth or carpet: a fine over-under weave or fluffy noise, with soft folds."""
+    colour = _pick(rng, _TRAIN_FABRICS)
+    xs, ys = _coords(h, w)
+    if rng.random() < 0.5:
+        period = rng.uniform(3, 7)
+        weave = np.sin(2 * np.pi * xs / period) * np.sin(2 * np.pi * ys / period)
+        tex = 0.5 + 0.5 * weave
+    else:
+        tex = _fractal(h, w, rng, cell=3, octaves=2)
+    folds = _fractal(h, w, rng, cell=rng.uniform(80, 200), octaves=2)
+    img = colour * (0.85 + 0.2 * tex[..., None]) * (0.9 + 0.18 * folds[..., None])
+    return _shade(img, rng)
+
+
+def _gradient(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth blend between two table colours, like a studio sweep or a lit wall."""
+    a, b = _pick(rng, _TRAIN_SOLIDS), _pick(rng, _TRAIN_SOLIDS)
+    angle = rng.uniform(0, 2 * np.pi)
+    xs, ys = _coords(h, w)
+    t = np.cos(angle) * xs / w + np.sin(angle) * ys / h
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    return _mix(a, b, t)
+
+
+def _concrete(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Grey concrete or screed: multi-scale blotches, pores and a few darker stains."""
+    grey = rng.uniform(110, 190)
+    tint = rng.normal(0, 4, 3)
+    blotch = _fractal(h, w, rng, cell=rng.uniform(60, 160), octaves=3)
+    rough = _fractal(h, w, rng, cell=3, octaves=2)
+    img = (grey + tint) + ((blotch - 0.5) * rng.uniform(10, 25) + (rough - 0.5) * 22)[..., None]
+    pores = rng.random((h, w)) < rng.uniform(0.003, 0.015)
+    img[pores] *= rng.uniform(0.5, 0.75)
+    return _shade(img, rng)
+
+
+def _ground(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Outdoor ground where litter lies: grass, soil, sand or asphalt."""
+    kind = list(_TRAIN_GROUND)[rng.integers(len(_TRAIN_GROUND))]
+    dark, light = _TRAIN_GROUND[kind]
+    if kind == "grass":
+        # Blades: noise stretched along a random direction, then rotated into place.
+        side = int(np.ceil(np.hypot(h, w)))
+        blades = _fractal(side, side, rng, cell=3, octaves=2, aspect=6.0)
+        rot = cv2.getRotationMatrix2D((side / 2, side / 2), rng.uniform(60, 120), 1.0)
+        y0, x0 = (side - h) // 2, (side - w) // 2  # the centre stays covered after rotating
+        blades = cv2.warpAffine(blades, rot, (side, side))[y0 : y0 + h, x0 : x0 + w]
+        t = 0.6 * blades + 0.4 * _fractal(h, w, rng, cell=60, octaves=3)
+    else:
+        t = 0.5 * _fractal(h, w, rng, cell=2, octaves=2) + 0.5 * _fractal(h, w, rng, cell=50, octaves=4)
+    return _shade(_mix(dark, light, t), rng)
+
+
+_TRAIN_KINDS = (
+    (_wood_train, 0.3),
+    (lambda h, w, rng: _solid(h, w, rng, _TRAIN_SOLIDS), 0.2),
+    (_tiles, 0.12),
+    (_fabric, 0.1),
+    (_gradient, 0.06),
+    (_concrete, 0.12),
+    (_ground, 0.1),
+)
+
+
+# --------------------------------------------------------------------------- held-out family
+
+# Darker, redder woods than any in training: mahogany, cherry, dark walnut, rosewood, wenge.
+_HELDOUT_WOODS = [
+    ((128, 58, 36), (86, 34, 20)),
+    ((158, 80, 50), (112, 52, 30)),
+    ((96, 62, 40), (58, 36, 22)),
+    ((110, 46, 34), (66, 24, 18)),
+    ((82, 56, 42), (44, 30, 22)),
+]
+# Painted surfaces in hues absent from the training palettes.
+_HELDOUT_PAINTS = [(150, 40, 45), (110, 60, 130), (40, 120, 120), (200, 160, 40), (200, 90, 40)]
+_HELDOUT_CHECKS = [
+    ((235, 235, 230), (30, 30, 32)),
+    ((230, 225, 215), (150, 40, 40)),
+    ((200, 190, 170), (90, 70, 50)),
+]
+
+
+def heldout_wood(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A brown wooden table of the held-out family, HxWx3 uint8 (``size`` is (width, height)).
+
+    Unlike the training planks (straight grain lines 9-22 px apart in light browns), this is
+    flat-sawn "cathedral" grain -- bold nested arcs 24-40 px apart around a centre beyond one
+    edge -- on wide boards in darker, redder browns (mahogany, cherry, rosewood, wenge).
+    """
+    w, h = size
+    light, dark = (np.asarray(c, np.float32) for c in _HELDOUT_WOODS[rng.integers(len(_HELDOUT_WOODS))])
+    out = np.empty((h, w, 3), np.float32)
+    x = 0
+    while x < w:  # boards run along y, each with its own arc centre
+        bw = int(rng.integers(150, 260))
+        cols = slice(x, min(w, x + bw))
+        n = cols.stop - cols.start
+        xs, ys = _coords(h, n)
+        cx = rng.uniform(0.2, 0.8) * n
+        cy = rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.9) * h + (h if rng.random() < 0.5 else 0)
+        stretch = rng.uniform(2.0, 4.0)  # arcs elongated along the board
+        radius = np.sqrt((xs - cx) ** 2 + ((ys - cy) / stretch) ** 2)
+        radius = radius + _fractal(h, n, rng, cell=50, octaves=3) * rng.uniform(6, 14)
+        rings = (0.5 + 0.5 * np.sin(2 * np.pi * radius / rng.uniform(24, 40))) ** 2
+        pores = _fractal(h, n, rng, cell=24, octaves=1, aspect=1 / 12)  # streaks along y
+        t = np.clip(0.65 * rings + 0.35 * pores, 0, 1)
+        out[:, cols] = _mix(light, dark, t) * rng.uniform(0.9, 1.1)
+        out[:, min(w - 1, cols.stop - 1)] *= 0.55  # the joint between boards
+        x += bw
+    return _finish(_shade(out, rng, strength=0.2), rng)
+
+
+def _marble(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Polished marble: pale stone with dark turbulent veins."""
+    base = np.asarray([rng.uniform(215, 245)] * 3, np.float32) + rng.normal(0, 5, 3)
+    vein_colour = np.asarray(rng.choice([[70, 70, 75], [120, 110, 100], [60, 90, 80]]), np.float32)
+    xs, ys = _coords(h, w)
+    angle = rng.uniform(0, np.pi)
+    turbulence = _fractal(h, w, rng, cell=rng.uniform(80, 160), octaves=5) * rng.uniform(2, 4)
+    phase = (np.cos(angle) * xs + np.sin(angle) * ys) / rng.uniform(60, 120) + turbulence
+    veins = cv2.GaussianBlur((1 - np.abs(np.sin(phase))) ** rng.uniform(3, 6), (0, 0), 1.5)
+    cloud = _fractal(h, w, rng, cell=80, octaves=3)
+    img = base * (0.93 + 0.07 * cloud[..., None])
+    return img + (vein_colour - img) * (0.8 * veins)[..., None]
+
+
+def _checker(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Two-colour checkerboard floor tiles, sometimes laid diagonally."""
+    a, b = (np.asarray(c, np.float32) for c in _HELDOUT_CHECKS[rng.integers(len(_HELDOUT_CHECKS))])
+    size = rng.uniform(30, 90)
+    xs, ys = _coords(h, w)
+    if rng.random() < 0.5:
+        xs, ys = (xs + ys) / np.sqrt(2), (xs - ys) / np.sqrt(2)
+    t = ((np.floor(xs / size) + np.floor(ys / size)) % 2).astype(np.float32)
+    img = _mix(a, b, t) + (_fractal(h, w, rng, cell=40, octaves=3)[..., None] - 0.5) * 12
+    return _shade(img, rng)
+
+
+def _painted(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A painted or laminated surface in a held-out colour."""
+    return _solid(h, w, rng, _HELDOUT_PAINTS)
+
+
+_HELDOUT_KINDS = (
+    (lambda h, w, rng: heldout_wood((w, h), rng).astype(np.float32), 0.4),
+    (_marble, 0.2),
+    (_checker, 0.2),
+    (_painted, 0.2),
+)
+
+
+# --------------------------------------------------------------------------- backgrounds
+
+
+def _generate(split: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """One fresh background of ``split``'s family, HxWx3 uint8."""
+    kinds = _TRAIN_KINDS if split == "train" else _HELDOUT_KINDS
+    weights = np.array([p for _, p in kinds])
+    make = kinds[rng.choice(len(kinds), p=weights / weights.sum())][0]
+    img = make(h, w, rng)
+    return img if img.dtype == np.uint8 else _finish(img, rng)
+
+
+def _pooled(split: str, index: int) -> np.ndarray:
+    """Background ``index`` of the process's pool for ``split``, generated on first use.
+
+    Each entry has its own seed, so the pool is the same in every process and whatever order
+    entries are first asked for; generating lazily spreads the cost (about 50 ms an entry) over
+    the first calls instead of stalling every DataLoader worker at start-up.
+    """
+    if split not in _POOL_SEEDS:
+        raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+    pool = _POOLS.setdefault(split, [None] * POOL_SIZE)
+    if pool[index] is None:
+        rng = np.random.default_rng([_POOL_SEEDS[split], index])
+        pool[index] = _generate(split, _POOL_SIDE, _POOL_SIDE, rng)
+    return pool[index]
+
+
+def make_background(size: tuple[int, int], rng: np.random.Generator, *, split: str = "train") -> np.ndarray:
+    """A background photo-like surface, HxWx3 uint8, for ``size`` = (width, height).
+
+    Drawn from a per-process pool of :data:`POOL_SIZE` pre-generated textures of the ``split``
+    family ("train" or "heldout") and varied per call by a random crop (which also rescales the
+    texture), flips, a quarter turn and a colour/brightness tint, so it costs about a millisecond.
+    """
+    w, h = size
+    src = _pooled(split, int(rng.integers(POOL_SIZE)))
+    if rng.random() < 0.5:
+        src = np.rot90(src)
+    side = src.shape[0]
+    # Crop a window with the target's aspect ratio covering 45-100% of the texture's extent.
+    frac = rng.uniform(0.45, 1.0)
+    cw, ch = (side * frac, side * frac * h / w) if w >= h else (side * frac * w / h, side * frac)
+    cw, ch = max(8, int(cw)), max(8, int(ch))
+    x0, y0 = int(rng.integers(0, side - cw + 1)), int(rng.integers(0, side - ch + 1))
+    crop = src[y0 : y0 + ch, x0 : x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    if rng.random() < 0.5:
+        crop = crop[::-1]
+    out = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=cv2.INTER_LINEAR)
+    gain = rng.uniform(0.85, 1.12) * rng.uniform(0.94, 1.06, 3)
+    # A per-channel lookup table is several times cheaper than float arithmetic on the image.
+    lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain, 0, 255).astype(np.uint8)
+    return cv2.LUT(out, lut.reshape(256, 1, 3))
+
+
+# --------------------------------------------------------------------------- cutting out
+
+
+def white_background_mask(rgb: np.ndarray) -> np.ndarray:
+    """Alpha (HxW float32 in [0, 1]) of the object on a white or light-grey board.
+
+    The board's colour is modelled as a smooth quadratic surface per channel, fitted to the
+    border ring of the photo (TrashNet's boards are lit unevenly and tinted pink or blue). A
+    pixel is object when its colour differs from the board's in hue (a shadow only darkens it),
+    it is darker than TrashNet's soft shadows, or it sits on a sharp edge. The shape is cleaned
+    at low resolution (holes filled, specks dropped); its rim is then re-decided pixel by pixel at
+    full resolution, so no fringe of board rides along, and feathered. When the border is not a
+    light board, or the object is tiny, ragged or fills the frame, the result is all ones:
+    "keep the whole photo".
+    """
+    rgb = np.asarray(rgb)
+    h, w = rgb.shape[:2]
+    ones = np.ones((h, w), np.float32)
+    scale = min(1.0, _MASK_SIDE / max(h, w))
+    sh, sw = max(16, round(h * scale)), max(16, round(w * scale))
+    small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+    board = _fit_board(small)
+    if board is None:
+        return ones
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    edges = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    # 0.35: a sharper step than any shadow edge at this scale (a glass rim, a paper edge).
+    obj = (_unlike_board(small, board) | (edges > 0.35)).astype(np.uint8)
+    obj = cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _disk(5))
+    obj = cv2.morphologyEx(obj, cv2.MORPH_OPEN, _disk(3))
+    obj = _fill_holes(obj)
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(obj, connectivity=8)
+    if count <= 1:
+        return ones
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= 0.2 * areas.max()) + 1
+    obj = np.isin(labels, keep).astype(np.uint8)
+    area = obj.mean()
+    # Under 3%: specks on a bare board; over 85%: a close-up with almost no board to replace.
+    if not 0.03 <= area <= 0.85:
+        return ones
+    hull = cv2.contourArea(cv2.convexHull(cv2.findNonZero(obj))) / obj.size
+    # Ragged or scattered pieces (white paper or clear film against the board, found only by
+    # their edges and print) would paste as shreds; below 60% of the hull, keep the photo.
+    if area < 0.6 * hull:
+        return ones
+
+    core = cv2.resize(cv2.erode(obj, _disk(3)), (w, h), interpolation=cv2.INTER_NEAREST)
+    band = cv2.resize(cv2.dilate(obj, _disk(3)), (w, h), interpolation=cv2.INTER_NEAREST)
+    full_board = cv2.resize(board, (w, h), interpolation=cv2.INTER_LINEAR)
+    rim = _unlike_board(rgb.astype(np.float32) * np.float32(1 / 255), full_board)
+    alpha = (core.astype(bool) | (band.astype(bool) & rim)).astype(np.uint8)
+    alpha = cv2.morphologyEx(alpha, cv2.MORPH_OPEN, _disk(3)).astype(np.float32)
+    return cv2.GaussianBlur(alpha, (0, 0), max(0.7, 0.003 * max(h, w)))
+
+
+def _unlike_board(img: np.ndarray, board: np.ndarray) -> np.ndarray:
+    """Pixels (HxW bool) whose colour a shadow on the board could not produce."""
+    ratio = img / np.maximum(board, 0.05)
+    r, g, b = ratio[..., 0], ratio[..., 1], ratio[..., 2]  # numpy reduces a last axis of 3 slowly
+    lum = (r + g + b) * np.float32(1 / 3)
+    # A shadow scales all three channels alike (a little bluer under daylight); an object's own
+    # colour changes their ratios. 0.15 relative change and 50% darkening were set by eye on
+    # TrashNet shadows, which rarely fall below 60% of the board's brightness.
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return (spread > 0.3 * np.maximum(lum, 0.2)) | (lum < 0.5) | (lum > 1.2)
+
+
+def _disk(size: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def _fit_board(small: np.ndarray) -> np.ndarray | None:
+    """Per-pixel board colour fitted to the border ring, or None when the border is not a board."""
+    h, w = small.shape[:2]
+    ring = max(2, round(0.06 * min(h, w)))
+    on_ring = np.zeros((h, w), bool)
+    on_ring[:ring] = on_ring[-ring:] = True
+    on_ring[:, :ring] = on_ring[:, -ring:] = True
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs, ys = xs / w - 0.5, ys / h - 0.5
+    basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=-1)
+    a, b = basis[on_ring], small[on_ring]
+    use = np.ones(len(a), bool)
+    for _ in range(3):  # refit without the ring pixels the object covers
+        if use.sum() < 12:
+            return None
+        # Normal equations on a 6x6 system: lstsq's LAPACK call costs ~100x more at this size.
+        au = a[use]
+        coef = np.linalg.solve(au.T @ au + 1e-6 * np.eye(6, dtype=np.float32), au.T @ b[use])
+        use = np.abs(a @ coef - b).max(axis=1) < 0.08
+    if use.mean() < 0.35:  # most of the border is not board: a close-up or a real-world photo
+        return None
+    colour = b[use].mean(axis=0)
+    saturation = (colour.max() - colour.min()) / max(colour.max(), 1e-6)
+    if colour.mean() < 0.45 or saturation > 0.3:  # not a light, near-neutral board
+        return None
+    return np.clip(basis @ coef, 0, 1).astype(np.float32)
+
+
+def _fill_holes(obj: np.ndarray) -> np.ndarray:
+    """Fill regions of 0 not connected to the border (a can's bright highlight, a jar's window)."""
+    h, w = obj.shape
+    padded = np.zeros((h + 2, w + 2), np.uint8)
+    padded[1:-1, 1:-1] = obj
+    flood = padded.copy()
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1)
+    return (padded | (1 - flood))[1:-1, 1:-1]
+
+
+# --------------------------------------------------------------------------- compositing
+
+
+def composite(
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    background: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    shadow: bool = True,
+    relight: bool = True,
+) -> np.ndarray:
+    """The object of ``rgb`` (cut by ``alpha``) placed on ``background``; HxWx3 uint8 of its size.
+
+    The photo is scaled to fit the background times a random 0.6-1.0 and shifted at random;
+    sides where the object runs off the original frame stay on the canvas edge, so no cut edge
+    floats in the middle. A soft, offset drop shadow grounds it, and a global exposure and
+    white-balance change makes object and surface look lit by the same (new) light.
+    """
+    H, W = background.shape[:2]
+    h, w = rgb.shape[:2]
+    touches = _touching_sides(alpha)
+    spans = (touches["left"] and touches["right"]) or (touches["top"] and touches["bottom"])
+    # An object cut off on two opposite sides cannot shrink without showing the cut.
+    fit = min(W / w, H / h) * (1.0 if spans else rng.uniform(0.6, 1.0))
+    sw, sh = min(W, max(1, round(w * fit))), min(H, max(1, round(h * fit)))
+    ox = _offset(W - sw, touches["left"], touches["right"], rng)
+    oy = _offset(H - sh, touches["top"], touches["bottom"], rng)
+    canvas_a = np.zeros((H, W), np.float32)
+    canvas_a[oy : oy + sh, ox : ox + sw] = cv2.resize(alpha.astype(np.float32), (sw, sh))
+    canvas_o = np.zeros_like(background)
+    canvas_o[oy : oy + sh, ox : ox + sw] = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+
+    out = background
+    if shadow:
+        # A light above and to one side: the shadow falls the other way, blurred with distance.
+        # Shifted and blurred at quarter size, as a soft shadow has no detail to lose.
+        qw, qh = max(4, W // 4), max(4, H // 4)
+        dist = rng.uniform(0.01, 0.05) * max(qw, qh)
+        angle = rng.uniform(0, 2 * np.pi)
+        shift = np.float32([[1, 0, dist * np.cos(angle)], [0, 1, dist * np.sin(angle)]])
+        shade = cv2.warpAffine(cv2.resize(canvas_a, (qw, qh), interpolation=cv2.INTER_AREA), shift, (qw, qh))
+        shade = cv2.GaussianBlur(shade, (0, 0), rng.uniform(0.01, 0.035) * max(qw, qh) + 0.5)
+        dark = cv2.resize(shade, (W, H)) * np.float32(rng.uniform(0.25, 0.55))
+        # blendLinear computes (w1*a + w2*b) / (w1 + w2) in C on uint8: here (1 - dark) * out.
+        out = cv2.blendLinear(out, np.zeros_like(out), 1.0 - dark, dark)
+    out = cv2.blendLinear(canvas_o, out, canvas_a, 1.0 - canvas_a)
+    if relight:
+        gain = rng.uniform(0.8, 1.15) * rng.uniform(0.9, 1.1, 3)
+        lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain, 0, 255).astype(np.uint8)
+        out = cv2.LUT(out, lut.reshape(256, 1, 3))
+    return out
+
+
+def _touching_sides(alpha: np.ndarray, level: float = 0.5) -> dict[str, bool]:
+    """Which image edges the object reaches (it was cut off there in the original photo)."""
+    return {
+        "left": bool((alpha[:, :2] > level).any()),
+        "right": bool((alpha[:, -2:] > level).any()),
+        "top": bool((alpha[:2] > level).any()),
+        "bottom": bool((alpha[-2:] > level).any()),
+    }
+
+
+def _offset(room: int, low: bool, high: bool, rng: np.random.Generator) -> int:
+    """Where along one axis to put the scaled photo, keeping cut-off sides on the canvas edge."""
+    if room <= 0 or low:
+        return 0
+    if high:
+        return room
+    return int(rng.integers(0, room + 1))
+
+
+class BackgroundAugment:
+    """PIL -> PIL: with probability ``p``, move a white-board photo onto a training background.
+
+    Photos that are not an object on a light board (the mask falls back to all ones), such as
+    real-world photos or frame-filling close-ups, pass through unchanged. Picklable, so it runs
+    in DataLoader workers; each worker draws its own random stream unless ``seed`` is given,
+    in which case a fresh instance with the same seed produces the same sequence of outputs.
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
+        self.p = p
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self._rng is None:
+            self._rng = np.random.default_rng(self.seed)
+        rng = self._rng
+        if rng.random() >= self.p:
+            return image
+        rgb = np.asarray(image.convert("RGB"))
+        alpha = white_background_mask(rgb)
+        if alpha.min() >= 1.0:
+            return image
+        h, w = rgb.shape[:2]
+        background = make_background((w, h), rng, split="train")
+        return Image.fromarray(composite(rgb, alpha, background, rng))
+
+    def __getstate__(self) -> dict:
+        # Each unpickled copy (one per DataLoader worker) starts its own stream from ``seed``.
+        return {"p": self.p, "seed": self.seed, "_rng": None}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, seed={self.seed})"
