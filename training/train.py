@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from garbage_sorter.archs import ARCHS
+from garbage_sorter.archs import ARCHS, feature_map
 from garbage_sorter.images import ImageLoadError, load_image
 from garbage_sorter.model import (
     CheckpointError,
@@ -189,12 +189,7 @@ def resolve_model_choice(config: TrainConfig, log: Callable[[str], None]) -> tup
 
 def features_of(model: nn.Module, arch: str, x: torch.Tensor) -> torch.Tensor:
     """Pooled backbone features (the input of the classification head)."""
-    if arch == "resnet18":
-        m = model
-        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-        return torch.flatten(m.avgpool(x), 1)
-    return model.forward_features(x).mean((2, 3))
+    return feature_map(model, arch, x).mean((2, 3))
 
 
 def frozen_modules(model: nn.Module, arch: str, blocks: int) -> list[nn.Module]:
