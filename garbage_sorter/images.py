@@ -151,7 +151,9 @@ def _open(handle: Any, draft: int | None, max_pixels: int) -> Image.Image:
         raise ImageLoadError("not an image, or an image format that cannot be read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError("image too large (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
+    # NotImplementedError and OverflowError: what some decoders raise for a corrupt header field.
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+            NotImplementedError, OverflowError) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         if "truncated" in reason or "broken data stream" in reason or isinstance(exc, EOFError):
             raise ImageLoadError("image file is truncated or damaged") from None
