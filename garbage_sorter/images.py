@@ -156,9 +156,10 @@ def _open(handle: Any, draft: int | None, max_pixels: int) -> Image.Image:
         raise ImageLoadError("not an image, or an image format that cannot be read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageLoadError("image too large (decompression bomb)") from None
-    # NotImplementedError and OverflowError: what some decoders raise for a corrupt header field.
+    # RuntimeError (the AVIF decoder's "Failed to decode image") and OverflowError: what some
+    # decoders raise for a corrupt file.
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
-            NotImplementedError, OverflowError) as exc:
+            RuntimeError, OverflowError) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         if "truncated" in reason or "broken data stream" in reason or isinstance(exc, EOFError):
             raise ImageLoadError("image file is truncated or damaged") from None
