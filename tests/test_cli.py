@@ -1,0 +1,92 @@
+"""The ``garbage-sorter`` command as a subprocess, on real photos: the contract scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import BAD_FILES, CLASSES
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "garbage_sorter", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+
+
+def test_classify_json_one_line_per_image(tiny_model, photos):
+    folder = photos[0].parent.parent  # tests/fixtures/photos, walked recursively
+    proc = run_cli("classify", "--json", "--model", str(tiny_model), "--region", "de", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == len(photos)
+    assert {Path(d["path"]).resolve() for d in lines} == {p.resolve() for p in photos}
+    for d in lines:
+        assert set(d) >= {"path", "label", "confidence", "probabilities", "bin", "crop_box"}
+        assert d["label"] in CLASSES and set(d["probabilities"]) == set(CLASSES)
+        assert set(d["bin"]) >= {"name", "colour"} and d["bin"]["colour"].startswith("#")
+        assert d["crop_box"] is None
+
+
+def test_classify_bad_file_corpus_answers_every_input(tiny_model):
+    expected = json.loads((BAD_FILES / "EXPECTED.json").read_text())
+    proc = run_cli("classify", "--json", "--model", str(tiny_model), str(BAD_FILES))
+    assert proc.returncode == 1
+    assert_no_traceback(proc)
+    answers = {Path(d["path"]).name: d for d in map(json.loads, proc.stdout.splitlines())}
+    assert set(answers) == set(expected)
+    for name, outcome in expected.items():
+        if outcome == "error":
+            assert "error" in answers[name] and len(answers[name]["error"]) > 5, name
+        else:
+            assert answers[name].get("label") in CLASSES, (name, answers[name])
+
+
+def test_classify_table_and_exit_codes(tiny_model, photos, tmp_path):
+    proc = run_cli("classify", "--model", str(tiny_model), str(photos[0]))
+    assert proc.returncode == 0 and photos[0].name in proc.stdout and "1 classified" in proc.stdout
+    missing = run_cli("classify", "--model", str(tiny_model), str(tmp_path / "nope.jpg"))
+    assert missing.returncode == 1 and "file not found" in missing.stdout
+    assert_no_traceback(missing)
+    usage = run_cli("classify")
+    assert usage.returncode == 2
+    bad_model = tmp_path / "model.pt"
+    bad_model.write_bytes(b"not a model")
+    proc = run_cli("classify", "--model", str(bad_model), str(photos[0]))
+    assert proc.returncode == 1 and str(bad_model) in proc.stderr
+    assert_no_traceback(proc)
+
+
+def test_classify_crop_reports_a_box(tiny_model, photos):
+    pytest.importorskip("onnxruntime")
+    proc = run_cli("classify", "--json", "--crop", "--model", str(tiny_model), str(photos[0]))
+    assert proc.returncode == 0, proc.stderr
+    box = json.loads(proc.stdout)["crop_box"]
+    assert box is None or (len(box) == 4 and box[0] < box[2] and box[1] < box[3])
+
+
+def test_evaluate_folder_prints_figures(tiny_model, tiny_dataset):
+    proc = run_cli("evaluate", "--json", "--model", str(tiny_model), str(tiny_dataset))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == 24
+    assert 0 <= result["accuracy"] <= 1
+    assert set(result["per_class"]) == set(CLASSES)
+    assert sum(map(sum, result["confusion_matrix"])) == 24
+    text = run_cli("evaluate", "--model", str(tiny_model), str(tiny_dataset))
+    assert "Accuracy:" in text.stdout and "Confusion matrix" in text.stdout
+
+
+def test_help_and_version():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for sub in ("app", "classify", "evaluate", "web", "train", "export"):
+        assert sub in proc.stdout
+    assert run_cli("--version").returncode == 0
