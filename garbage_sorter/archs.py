@@ -114,8 +114,11 @@ class EfficientNetLite(nn.Module):
             first_or_last = i in (0, len(_LITE_STAGES) - 1)
             repeats = repeats if first_or_last else int(math.ceil(depth * repeats))
             for r in range(repeats):
-                blocks.append(MBConvBlock(kernel, stride if r == 0 else 1, expand,
-                                          c_in if r == 0 else c_out, c_out))
+                blocks.append(
+                    MBConvBlock(
+                        kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out
+                    )
+                )
         for idx, block in enumerate(blocks):
             block.drop_rate = drop_connect * idx / len(blocks)
         self._blocks = nn.ModuleList(blocks)

@@ -78,8 +78,13 @@ class Prediction:
 class Classifier:
     """A loaded model plus its preprocessing, calibration, region and isolation settings."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto", region: str | None = None,
-                 isolation: str = "none"):
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        device: str = "auto",
+        region: str | None = None,
+        isolation: str = "none",
+    ):
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.classes = list(checkpoint.classes)
@@ -96,8 +101,13 @@ class Classifier:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, device: str = "auto",
-             region: str | None = None, isolation: str = "none") -> Classifier:
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        region: str | None = None,
+        isolation: str = "none",
+    ) -> Classifier:
         """Open ``path`` (default: the bundled model).
 
         Raises:
@@ -113,8 +123,9 @@ class Classifier:
         """Switch the bin profile used for new predictions."""
         self.region = get_region(region_id)
 
-    def predict(self, image: Any, *, crop: bool | None = None, channels: str = "RGB",
-                tta: bool = False) -> Prediction:
+    def predict(
+        self, image: Any, *, crop: bool | None = None, channels: str = "RGB", tta: bool = False
+    ) -> Prediction:
         """Classify one image (path, bytes, PIL image or numpy array).
 
         ``crop``: isolate the object first (default: on when the classifier's ``isolation``
@@ -125,15 +136,22 @@ class Classifier:
         """
         return self.predict_batch([image], crop=crop, channels=channels, tta=tta)[0]
 
-    def predict_batch(self, images: Sequence[Any], *, crop: bool | None = None,
-                      channels: str = "RGB", batch_size: int = 32, tta: bool = False) -> list[Prediction]:
+    def predict_batch(
+        self,
+        images: Sequence[Any],
+        *,
+        crop: bool | None = None,
+        channels: str = "RGB",
+        batch_size: int = 32,
+        tta: bool = False,
+    ) -> list[Prediction]:
         """Classify many images in batches; all must load (use ``load_image`` first to filter).
 
         ``tta``: also classify the mirror image and average the probabilities.
         """
         predictions: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             t0 = time.perf_counter()
             pils, boxes = zip(*(self._prepare(im, crop, channels) for im in chunk), strict=True)
             tensors = [self.transform(p) for p in pils]
@@ -141,12 +159,16 @@ class Classifier:
             if tta:
                 probs = (probs + self.probabilities([t.flip(-1) for t in tensors])) / 2
             each = (time.perf_counter() - t0) / len(chunk)
-            predictions += [self._prediction(p, box, each) for p, box in zip(probs, boxes, strict=True)]
+            predictions += [
+                self._prediction(p, box, each) for p, box in zip(probs, boxes, strict=True)
+            ]
         return predictions
 
     def probabilities(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
         """Calibrated class probabilities for preprocessed tensors, shape (N, classes)."""
-        batch = torch.stack(list(tensors)).to(self.device, self.dtype, memory_format=torch.channels_last)
+        batch = torch.stack(list(tensors)).to(
+            self.device, self.dtype, memory_format=torch.channels_last
+        )
         with self._lock, torch.inference_mode():
             logits = self.model(batch).float()
         return torch.softmax(logits / self.temperature, dim=1).cpu().numpy()

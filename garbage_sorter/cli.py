@@ -18,14 +18,19 @@ SUBCOMMANDS = ("app", "classify", "evaluate", "web", "train", "export")
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH", help="checkpoint file (default: the bundled model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: CUDA when a GPU is present")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto: CUDA when a GPU is present",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="garbage-sorter",
-        description="Which bin does this item of waste go in? Without a subcommand, opens the app.")
+        description="Which bin does this item of waste go in? Without a subcommand, opens the app.",
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -33,28 +38,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = sub.add_parser("app", help="open the desktop app (default)")
     _model_options(app)
-    app.add_argument("--camera", metavar="INDEX|PATH", help="camera index or a video file to use as camera")
+    app.add_argument(
+        "--camera", metavar="INDEX|PATH", help="camera index or a video file to use as camera"
+    )
     app.add_argument("--region", help="bin profile, e.g. de, uk, us")
 
     classify = sub.add_parser("classify", help="classify image files or folders")
     _model_options(classify)
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    classify.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files or folders (recursive)"
+    )
     classify.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
-    classify.add_argument("--region", help="bin profile (default: the saved choice, else 'default')")
+    classify.add_argument(
+        "--region", help="bin profile (default: the saved choice, else 'default')"
+    )
     crop = classify.add_mutually_exclusive_group()
-    crop.add_argument("--crop", dest="crop", action="store_true", default=None,
-                      help="isolate the object before classifying")
-    crop.add_argument("--no-crop", dest="crop", action="store_false", help="classify the whole image")
-    classify.add_argument("--isolation", default=None, choices=("auto", "u2netp", "grabcut"),
-                          help="isolation backend for --crop (default: the model's recommendation)")
+    crop.add_argument(
+        "--crop",
+        dest="crop",
+        action="store_true",
+        default=None,
+        help="isolate the object before classifying",
+    )
+    crop.add_argument(
+        "--no-crop", dest="crop", action="store_false", help="classify the whole image"
+    )
+    classify.add_argument(
+        "--isolation",
+        default=None,
+        choices=("auto", "u2netp", "grabcut"),
+        help="isolation backend for --crop (default: the model's recommendation)",
+    )
     classify.add_argument("--tta", action="store_true", help="average over a flipped copy too")
 
     evaluate = sub.add_parser("evaluate", help="accuracy and per-class figures on labelled photos")
     _model_options(evaluate)
-    evaluate.add_argument("dir", metavar="DIR",
-                          help="folder-per-class tree, or a split file/folder written by train (test.txt)")
+    evaluate.add_argument(
+        "dir",
+        metavar="DIR",
+        help="folder-per-class tree, or a split file/folder written by train (test.txt)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
-    evaluate.add_argument("--subset", default="test", help="split to use when DIR is a split folder")
+    evaluate.add_argument(
+        "--subset", default="test", help="split to use when DIR is a split folder"
+    )
     crop = evaluate.add_mutually_exclusive_group()
     crop.add_argument("--crop", dest="crop", action="store_true", default=None)
     crop.add_argument("--no-crop", dest="crop", action="store_false")
@@ -70,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the model for other runtimes")
     _model_options(export)
     export.add_argument("--onnx", metavar="OUT", required=True, help="write an ONNX file")
-    export.add_argument("--int8", action="store_true", help="also quantise it to int8 (OUT with .int8.onnx)")
+    export.add_argument(
+        "--int8", action="store_true", help="also quantise it to int8 (OUT with .int8.onnx)"
+    )
     return parser
 
 
@@ -169,14 +198,21 @@ def _classify(args: argparse.Namespace) -> int:
             flush()
         if show_bar:
             rate = i / (time.perf_counter() - started)
-            print(f"\r\033[K{i}/{len(paths)}  {rate:.1f} images/s", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r\033[K{i}/{len(paths)}  {rate:.1f} images/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
     flush()
     if show_bar:
         print("\r\033[K", end="", file=sys.stderr)
     if not args.json:
         _print_table(rows)
-        print(f"\n{len(paths) - failed} classified, {failed} failed; region {clf.region.title}; "
-              f"model {clf.name} on {clf.device.type}")
+        print(
+            f"\n{len(paths) - failed} classified, {failed} failed; region {clf.region.title}; "
+            f"model {clf.name} on {clf.device.type}"
+        )
     return 1 if failed else 0
 
 
@@ -186,8 +222,25 @@ def _emit(path: Path, result, as_json: bool, rows: list) -> None:
     if isinstance(result, Prediction):
         if as_json:
             d = result.to_dict()
-            print(json.dumps({"path": str(path), **{k: d[k] for k in (
-                "label", "confidence", "probabilities", "bin", "crop_box", "uncertain")}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "path": str(path),
+                        **{
+                            k: d[k]
+                            for k in (
+                                "label",
+                                "confidence",
+                                "probabilities",
+                                "bin",
+                                "crop_box",
+                                "uncertain",
+                            )
+                        },
+                    }
+                ),
+                flush=True,
+            )
         else:
             label = f"{result.label}?" if result.uncertain else result.label
             where = UNSURE_MESSAGE if result.uncertain else f"{result.bin.name}"
@@ -207,7 +260,7 @@ def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
     widths = [max(w, len(h)) for w, h in zip(widths, head, strict=False)]
     print(f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]:>{widths[2]}}  {head[3]}")
     for path, label, conf, where in rows:
-        shown = path if len(path) <= widths[0] else "…" + path[-(widths[0] - 1):]
+        shown = path if len(path) <= widths[0] else "…" + path[-(widths[0] - 1) :]
         print(f"{shown:<{widths[0]}}  {label:<{widths[1]}}  {conf:>{widths[2]}}  {where}")
 
 
@@ -233,8 +286,10 @@ def _web(args: argparse.Namespace) -> int:
         raise _Failure(f"the web page cannot start: {exc}") from None
     clf = _load_classifier(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who can reach this machine can use the page",
-              file=sys.stderr)
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine can use the page",
+            file=sys.stderr,
+        )
     return serve(clf, host=args.host, port=args.port, share=args.share)
 
 

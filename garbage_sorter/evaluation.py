@@ -46,27 +46,38 @@ def read_labelled(path: Path, subset: str = "test") -> list[tuple[Path, str, str
     return items
 
 
-def evaluate_path(clf: Classifier, path: Path, *, subset: str = "test", crop: bool | None = None,
-                  batch_size: int = 32) -> dict[str, Any]:
+def evaluate_path(
+    clf: Classifier,
+    path: Path,
+    *,
+    subset: str = "test",
+    crop: bool | None = None,
+    batch_size: int = 32,
+    tta: bool = False,
+) -> dict[str, Any]:
     """Run ``clf`` over labelled photos; returns JSON-able figures."""
     from sklearn.metrics import classification_report, confusion_matrix
 
     items = read_labelled(path, subset)
     unknown = sorted({label for _, label, _ in items} - set(clf.classes))
     if unknown:
-        raise EvaluationError(f"labels the model does not know: {', '.join(unknown)} "
-                              f"(model classes: {', '.join(clf.classes)})")
+        raise EvaluationError(
+            f"labels the model does not know: {', '.join(unknown)} "
+            f"(model classes: {', '.join(clf.classes)})"
+        )
     index = {c: i for i, c in enumerate(clf.classes)}
     y_true, y_pred, conf, sources, unreadable = [], [], [], [], []
     for start in range(0, len(items), batch_size):
         images, kept = [], []
-        for photo, label, source in items[start:start + batch_size]:
+        for photo, label, source in items[start : start + batch_size]:
             try:
                 images.append(load_image(photo, draft=clf.checkpoint.preprocessing.resize))
                 kept.append((label, source))
             except ImageLoadError as exc:
                 unreadable.append({"path": str(photo), "error": str(exc)})
-        for pred, (label, source) in zip(clf.predict_batch(images, crop=crop), kept, strict=True):
+        for pred, (label, source) in zip(
+            clf.predict_batch(images, crop=crop, tta=tta), kept, strict=True
+        ):
             y_true.append(index[label])
             y_pred.append(index[pred.label])
             conf.append(pred.confidence)
@@ -75,20 +86,25 @@ def evaluate_path(clf: Classifier, path: Path, *, subset: str = "test", crop: bo
     if not len(y_true):
         raise EvaluationError(f"{path}: no readable photos")
     labels = list(range(len(clf.classes)))
-    report = classification_report(y_true, y_pred, labels=labels, target_names=clf.classes,
-                                   output_dict=True, zero_division=0)
+    report = classification_report(
+        y_true, y_pred, labels=labels, target_names=clf.classes, output_dict=True, zero_division=0
+    )
     answered = conf >= clf.threshold
     result: dict[str, Any] = {
         "model": clf.checkpoint.path,
         "data": str(path),
         "n": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()),
-        "per_class": {c: {k: report[c][k] for k in ("precision", "recall", "f1-score", "support")}
-                      for c in clf.classes},
+        "per_class": {
+            c: {k: report[c][k] for k in ("precision", "recall", "f1-score", "support")}
+            for c in clf.classes
+        },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": clf.classes,
         "abstain_rate": float(1 - answered.mean()),
-        "accuracy_answered": float((y_true[answered] == y_pred[answered]).mean()) if answered.any() else None,
+        "accuracy_answered": float((y_true[answered] == y_pred[answered]).mean())
+        if answered.any()
+        else None,
         "unreadable": unreadable,
         "by_source": {},
     }
@@ -99,8 +115,12 @@ def evaluate_path(clf: Classifier, path: Path, *, subset: str = "test", crop: bo
         result["by_source"][source] = {
             "n": int(m.sum()),
             "accuracy": float((y_true[m] == y_pred[m]).mean()),
-            "recall": {c: float((y_pred[m & (y_true == i)] == i).mean()) if (m & (y_true == i)).any() else None
-                       for i, c in enumerate(clf.classes)},
+            "recall": {
+                c: float((y_pred[m & (y_true == i)] == i).mean())
+                if (m & (y_true == i)).any()
+                else None
+                for i, c in enumerate(clf.classes)
+            },
             "abstain_rate": float(1 - ans.sum() / m.sum()),
             "accuracy_answered": float((y_true[ans] == y_pred[ans]).mean()) if ans.any() else None,
         }
@@ -110,14 +130,23 @@ def evaluate_path(clf: Classifier, path: Path, *, subset: str = "test", crop: bo
 def format_report(result: dict[str, Any]) -> str:
     """The figures as a readable text table."""
     classes = result["classes"]
-    lines = [f"Model: {result['model']}", f"Data:  {result['data']} ({result['n']} photos)",
-             f"Accuracy: {result['accuracy']:.4f}", "",
-             f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+    lines = [
+        f"Model: {result['model']}",
+        f"Data:  {result['data']} ({result['n']} photos)",
+        f"Accuracy: {result['accuracy']:.4f}",
+        "",
+        f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}",
+    ]
     for c in classes:
         r = result["per_class"][c]
-        lines.append(f"{c:<12}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}{int(r['support']):>9}")
-    lines += ["", "Confusion matrix (rows: true, columns: predicted)",
-              " " * 12 + "".join(f"{c[:8]:>9}" for c in classes)]
+        lines.append(
+            f"{c:<12}{r['precision']:>10.4f}{r['recall']:>10.4f}{r['f1-score']:>10.4f}{int(r['support']):>9}"
+        )
+    lines += [
+        "",
+        "Confusion matrix (rows: true, columns: predicted)",
+        " " * 12 + "".join(f"{c[:8]:>9}" for c in classes),
+    ]
     for c, row in zip(classes, result["confusion_matrix"], strict=True):
         lines.append(f"{c:<12}" + "".join(f"{v:>9}" for v in row))
     if len(result["by_source"]) > 1:
@@ -125,8 +154,11 @@ def format_report(result: dict[str, Any]) -> str:
         for source, r in result["by_source"].items():
             lines.append(f"  {source:<14} n={r['n']:<5} accuracy {r['accuracy']:.4f}")
     if result["accuracy_answered"] is not None:
-        lines += ["", f"Abstains ('not sure') on {result['abstain_rate']:.1%}; "
-                      f"accuracy on the answers given {result['accuracy_answered']:.4f}"]
+        lines += [
+            "",
+            f"Abstains ('not sure') on {result['abstain_rate']:.1%}; "
+            f"accuracy on the answers given {result['accuracy_answered']:.4f}",
+        ]
     if result["unreadable"]:
         lines += ["", f"Unreadable photos skipped: {len(result['unreadable'])}"]
     return "\n".join(lines)

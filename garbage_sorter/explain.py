@@ -32,14 +32,22 @@ class Explanation:
         """The crop with the heatmap blended on top (blue = ignored, red = looked at)."""
         heat = self.heatmap[..., None]
         # A small colour ramp (blue -> yellow -> red) without needing matplotlib at run time.
-        colour = np.concatenate([np.clip(2 * heat, 0, 1), np.clip(2 - 2 * heat, 0, 1) * np.clip(2 * heat, 0, 1),
-                                 np.clip(1 - 2 * heat, 0, 1)], axis=2)
+        colour = np.concatenate(
+            [
+                np.clip(2 * heat, 0, 1),
+                np.clip(2 - 2 * heat, 0, 1) * np.clip(2 * heat, 0, 1),
+                np.clip(1 - 2 * heat, 0, 1),
+            ],
+            axis=2,
+        )
         base = np.asarray(self.image, dtype=np.float32) / 255.0
         mixed = (1 - alpha) * base + alpha * colour
         return Image.fromarray((mixed * 255).clip(0, 255).astype(np.uint8))
 
 
-def gradcam(classifier: Any, image: Any, target: str | None = None, *, channels: str = "RGB") -> Explanation:
+def gradcam(
+    classifier: Any, image: Any, target: str | None = None, *, channels: str = "RGB"
+) -> Explanation:
     """Grad-CAM of ``classifier``'s model for ``target`` (default: the predicted class).
 
     Runs on the classifier's device in float32 (gradients in fp16 are too coarse for a map) and
@@ -65,8 +73,13 @@ def gradcam(classifier: Any, image: Any, target: str | None = None, *, channels:
         finally:
             model.to(classifier.dtype)
             model.zero_grad(set_to_none=True)
-    cam = torch.nn.functional.interpolate(cam, size=(prep.crop, prep.crop), mode="bilinear",
-                                          align_corners=False)[0, 0].cpu().numpy()
+    cam = (
+        torch.nn.functional.interpolate(
+            cam, size=(prep.crop, prep.crop), mode="bilinear", align_corners=False
+        )[0, 0]
+        .cpu()
+        .numpy()
+    )
     peak = cam.max()
     heat = (cam / peak if peak > 0 else cam).astype(np.float32)
     return Explanation(label=classifier.classes[index], heatmap=heat, image=crop)

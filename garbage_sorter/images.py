@@ -21,7 +21,18 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel photo is fine; a 30000x30000 bomb is not
 MAX_BYTES = 50 * 1024 * 1024
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".jfif"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".jfif",
+}
 # The formats a photo arrives in. Pillow can open forty more, and some are not safe to hand
 # strangers' files: EPS runs Ghostscript on the file, and the rarely used decoders are where
 # fuzzing finds trouble. HEIF is used when a plugin such as pillow-heif has registered it.
@@ -107,10 +118,14 @@ def load_image(
         return _from_array(source, channels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) > max_bytes:
-            raise ImageLoadError(f"file too large ({len(source) / 2**20:.0f} MB; limit {max_bytes / 2**20:.0f} MB)")
+            raise ImageLoadError(
+                f"file too large ({len(source) / 2**20:.0f} MB; limit {max_bytes / 2**20:.0f} MB)"
+            )
         return _open(io.BytesIO(bytes(source)), draft, max_pixels)
     if hasattr(source, "read"):
-        return load_image(source.read(max_bytes + 1), draft=draft, max_pixels=max_pixels, max_bytes=max_bytes)
+        return load_image(
+            source.read(max_bytes + 1), draft=draft, max_pixels=max_pixels, max_bytes=max_bytes
+        )
     path = Path(source)
     try:
         size = path.stat().st_size
@@ -123,7 +138,9 @@ def load_image(
     if size == 0:
         raise ImageLoadError("empty file")
     if size > max_bytes:
-        raise ImageLoadError(f"file too large ({size / 2**20:.0f} MB; limit {max_bytes / 2**20:.0f} MB)")
+        raise ImageLoadError(
+            f"file too large ({size / 2**20:.0f} MB; limit {max_bytes / 2**20:.0f} MB)"
+        )
     try:
         with open(path, "rb") as handle:
             return _open(handle, draft, max_pixels)
@@ -158,8 +175,17 @@ def _open(handle: Any, draft: int | None, max_pixels: int) -> Image.Image:
         raise ImageLoadError("image too large (decompression bomb)") from None
     # RuntimeError (the AVIF decoder's "Failed to decode image") and OverflowError: what some
     # decoders raise for a corrupt file.
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
-            RuntimeError, OverflowError) as exc:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        TypeError,
+        struct.error,
+        RuntimeError,
+        OverflowError,
+    ) as exc:
         reason = str(exc).split("\n")[0] or type(exc).__name__
         if "truncated" in reason or "broken data stream" in reason or isinstance(exc, EOFError):
             raise ImageLoadError("image file is truncated or damaged") from None

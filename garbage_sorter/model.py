@@ -62,7 +62,9 @@ def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.M
     state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) != {f"{head}.weight", f"{head}.bias"}:
-        raise CheckpointError(f"weights do not fit {arch}: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(
+            f"weights do not fit {arch}: missing {missing}, unexpected {unexpected}"
+        )
     return model
 
 
@@ -94,7 +96,9 @@ class Checkpoint:
     classes: list[str]
     preprocessing: Preprocessing
     state_dict: dict[str, torch.Tensor]
-    calibration: dict[str, float] = field(default_factory=lambda: {"temperature": 1.0, "threshold": 0.0})
+    calibration: dict[str, float] = field(
+        default_factory=lambda: {"temperature": 1.0, "threshold": 0.0}
+    )
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -109,8 +113,10 @@ class Checkpoint:
             model.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
-            raise CheckpointError(f"{self.path}: weights do not fit {self.arch} with "
-                                  f"{len(self.classes)} classes ({first})") from None
+            raise CheckpointError(
+                f"{self.path}: weights do not fit {self.arch} with "
+                f"{len(self.classes)} classes ({first})"
+            ) from None
         return model.eval()
 
     def card(self) -> dict[str, Any]:
@@ -156,8 +162,11 @@ def save_checkpoint(
         "config": _plain(config or {}),
         "metrics": _plain(metrics or {}),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "python": platform.python_version(),
+        },
         "state_dict": state,
         **(extra or {}),
     }
@@ -178,10 +187,26 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses any global it does not know: that is a pickle that wants to run code.
-        reason = str(exc).splitlines()[0] if "GLOBAL" in str(exc) or "global" in str(exc) else "not a checkpoint"
-        raise CheckpointError(f"{name}: refused, the file holds code or objects a model file must not ({reason[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
-        raise CheckpointError(f"{name}: not a readable model file (corrupt or truncated: {str(exc).splitlines()[0][:160]})") from None
+        reason = (
+            str(exc).splitlines()[0]
+            if "GLOBAL" in str(exc) or "global" in str(exc)
+            else "not a checkpoint"
+        )
+        raise CheckpointError(
+            f"{name}: refused, the file holds code or objects a model file must not ({reason[:200]})"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+    ) as exc:
+        raise CheckpointError(
+            f"{name}: not a readable model file (corrupt or truncated: {str(exc).splitlines()[0][:160]})"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{name}: not a Garbage Sorter checkpoint (no '{FORMAT}' marker)")
     try:
@@ -201,11 +226,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{name}: checkpoint is missing or has bad fields ({exc})") from None
     if ckpt.arch not in ARCHS:
         raise CheckpointError(f"{name}: unknown architecture {ckpt.arch!r}")
-    if len(ckpt.classes) < 2 or len(set(ckpt.classes)) != len(ckpt.classes) or not all(ckpt.classes):
+    if (
+        len(ckpt.classes) < 2
+        or len(set(ckpt.classes)) != len(ckpt.classes)
+        or not all(ckpt.classes)
+    ):
         raise CheckpointError(f"{name}: class list must hold at least two distinct names")
     head = ckpt.state_dict.get(f"{head_name(ckpt.arch)}.weight")
     if head is None or head.shape[0] != len(ckpt.classes):
-        raise CheckpointError(f"{name}: the model's head does not match its {len(ckpt.classes)} classes")
+        raise CheckpointError(
+            f"{name}: the model's head does not match its {len(ckpt.classes)} classes"
+        )
     ckpt.calibration.setdefault("temperature", 1.0)
     ckpt.calibration.setdefault("threshold", 0.0)
     if not ckpt.calibration["temperature"] > 0:

@@ -110,7 +110,9 @@ def normalize_module(prep: Preprocessing):
     return v2.Normalize(mean=list(prep.mean), std=list(prep.std))
 
 
-def train_transform(prep: Preprocessing, strength: float = 1.0, background=None, normalize: bool = True):
+def train_transform(
+    prep: Preprocessing, strength: float = 1.0, background=None, normalize: bool = True
+):
     """Augmentation for training, from the same ``prep`` values.
 
     ``strength`` scales photometric and geometric jitter (0 = only flips and crops). The

@@ -47,9 +47,15 @@ def tiny_model(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
-    save_checkpoint(path, build_model("efficientnet_lite0", len(CLASSES)), arch="efficientnet_lite0",
-                    classes=CLASSES, preprocessing=default_preprocessing("efficientnet_lite0"),
-                    metrics={"test": {"acc": 0.0}}, half=True)
+    save_checkpoint(
+        path,
+        build_model("efficientnet_lite0", len(CLASSES)),
+        arch="efficientnet_lite0",
+        classes=CLASSES,
+        preprocessing=default_preprocessing("efficientnet_lite0"),
+        metrics={"test": {"acc": 0.0}},
+        half=True,
+    )
     return path
 
 

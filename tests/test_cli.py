@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import BAD_FILES, CLASSES
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garbage_sorter", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "garbage_sorter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:

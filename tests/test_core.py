@@ -41,7 +41,9 @@ def test_predict_accepts_paths_pil_numpy_and_bytes(tiny_model, photos):
         assert clf.predict(other).probabilities == pytest.approx(by_path.probabilities, abs=1e-5)
     # An OpenCV frame is BGR: given as such, it must match the RGB answer.
     bgr = rgb[:, :, ::-1].copy()
-    assert clf.predict(bgr, channels="BGR").probabilities == pytest.approx(by_path.probabilities, abs=1e-5)
+    assert clf.predict(bgr, channels="BGR").probabilities == pytest.approx(
+        by_path.probabilities, abs=1e-5
+    )
     from garbage_sorter.images import load_image
 
     assert np.array_equal(np.asarray(load_image(bgr, channels="BGR")), rgb)
@@ -71,9 +73,14 @@ def test_region_changes_the_bin(tiny_model, photos):
 def test_uncertain_below_calibrated_threshold(tmp_path, photos):
     model = build_model("efficientnet_lite0", len(CLASSES))
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model, arch="efficientnet_lite0", classes=CLASSES,
-                    preprocessing=default_preprocessing("efficientnet_lite0"),
-                    calibration={"temperature": 1.0, "threshold": 0.99})
+    save_checkpoint(
+        path,
+        model,
+        arch="efficientnet_lite0",
+        classes=CLASSES,
+        preprocessing=default_preprocessing("efficientnet_lite0"),
+        calibration={"temperature": 1.0, "threshold": 0.99},
+    )
     pred = Classifier.load(path, device="cpu").predict(photos[0])
     assert pred.uncertain and pred.to_dict()["uncertain"] is True
 
@@ -83,8 +90,15 @@ def test_checkpoint_round_trip_is_plain_data(tmp_path):
     model = build_model("resnet18", 3).eval()
     prep = Preprocessing(resize=160, crop=128)
     path = tmp_path / "r18.pt"
-    save_checkpoint(path, model, arch="resnet18", classes=["a", "b", "c"], preprocessing=prep,
-                    config={"lr": 1e-3, "data": [tmp_path]}, metrics={"acc": np.float32(0.5)})
+    save_checkpoint(
+        path,
+        model,
+        arch="resnet18",
+        classes=["a", "b", "c"],
+        preprocessing=prep,
+        config={"lr": 1e-3, "data": [tmp_path]},
+        metrics={"acc": np.float32(0.5)},
+    )
     raw = torch.load(path, weights_only=True)  # plain data: no pickled classes needed
     assert raw["arch"] == "resnet18" and raw["classes"] == ["a", "b", "c"]
     ckpt = load_checkpoint(path)
@@ -100,7 +114,11 @@ def test_half_checkpoint_is_smaller_and_close(tmp_path):
     torch.manual_seed(2)
     model = build_model("efficientnet_lite0", 6).eval()
     full, half = tmp_path / "full.pt", tmp_path / "half.pt"
-    kwargs = dict(arch="efficientnet_lite0", classes=CLASSES, preprocessing=default_preprocessing("efficientnet_lite0"))
+    kwargs = dict(
+        arch="efficientnet_lite0",
+        classes=CLASSES,
+        preprocessing=default_preprocessing("efficientnet_lite0"),
+    )
     save_checkpoint(full, model, **kwargs)
     save_checkpoint(half, model, half=True, **kwargs)
     assert half.stat().st_size < 0.6 * full.stat().st_size
@@ -109,13 +127,23 @@ def test_half_checkpoint_is_smaller_and_close(tmp_path):
         assert torch.allclose(load_checkpoint(half).build()(x), model(x), atol=5e-2)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(classes=["a"]), "class"),
-    (lambda d: d.update(arch="vgg11"), "architecture"),
-    (lambda d: d.update(preprocessing={"resize": 8, "crop": 4, "mean": [0, 0, 0], "std": [1, 1, 1]}), "bad fields"),
-    (lambda d: d.pop("format"), "not a Garbage Sorter checkpoint"),
-])
-def test_inconsistent_checkpoints_are_refused_with_the_file_name(tmp_path, tiny_model, mutate, message):
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(classes=["a"]), "class"),
+        (lambda d: d.update(arch="vgg11"), "architecture"),
+        (
+            lambda d: d.update(
+                preprocessing={"resize": 8, "crop": 4, "mean": [0, 0, 0], "std": [1, 1, 1]}
+            ),
+            "bad fields",
+        ),
+        (lambda d: d.pop("format"), "not a Garbage Sorter checkpoint"),
+    ],
+)
+def test_inconsistent_checkpoints_are_refused_with_the_file_name(
+    tmp_path, tiny_model, mutate, message
+):
     data = torch.load(tiny_model, weights_only=True)
     mutate(data)
     bad = tmp_path / "bad.pt"
@@ -132,8 +160,14 @@ def test_eval_transform_matches_torchvision(photos):
     prep = default_preprocessing("resnet18")
     image = Image.open(photos[0]).convert("RGB")
     ours = EvalTransform(prep)(image)
-    reference = T.Compose([T.Resize(prep.resize), T.CenterCrop(prep.crop), T.ToTensor(),
-                           T.Normalize(prep.mean, prep.std)])(image)
+    reference = T.Compose(
+        [
+            T.Resize(prep.resize),
+            T.CenterCrop(prep.crop),
+            T.ToTensor(),
+            T.Normalize(prep.mean, prep.std),
+        ]
+    )(image)
     assert ours.shape == reference.shape == (3, 224, 224)
     assert (ours - reference).abs().mean() < 0.02
 
@@ -153,7 +187,9 @@ def test_efficientnet_lite_port_matches_the_package(arch, photos):
     weights = imagenet_weights_file(arch)
     ours = build_model(arch, 1000)
     ours.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    reference = reference_pkg.EfficientNet.from_pretrained(arch.replace("_", "-"), weights_path=weights)
+    reference = reference_pkg.EfficientNet.from_pretrained(
+        arch.replace("_", "-"), weights_path=weights
+    )
     prep = default_preprocessing(arch)
     x = torch.stack([EvalTransform(prep)(Image.open(p).convert("RGB")) for p in photos[:3]])
     with torch.no_grad():

@@ -9,29 +9,53 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-from garbage_sorter.model import load_checkpoint
 from garbage_sorter.training.config import TrainConfig
 from garbage_sorter.training.train import Cancelled, main
 
-OUTPUTS = ["best.pt", "last.pt", "config.json", "metrics.json", "classification_report.txt",
-           "confusion_matrix.png", "curves.png", "audit.json", "audit.txt", "history.json",
-           "splits/train.txt", "splits/val.txt", "splits/test.txt"]
+from garbage_sorter.model import load_checkpoint
+
+OUTPUTS = [
+    "best.pt",
+    "last.pt",
+    "config.json",
+    "metrics.json",
+    "classification_report.txt",
+    "confusion_matrix.png",
+    "curves.png",
+    "audit.json",
+    "audit.txt",
+    "history.json",
+    "splits/train.txt",
+    "splits/val.txt",
+    "splits/test.txt",
+]
 
 
 def cli(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garbage_sorter", *args], capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "garbage_sorter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def test_head_mode_reuses_a_backbone_and_writes_a_usable_model(tiny_dataset, tiny_model, tmp_path):
     events = []
     out = tmp_path / "run"
-    result = main(TrainConfig(data=[str(tiny_dataset)], mode="head", arch="efficientnet_lite0",
-                              weights=str(tiny_model), out=str(out)), events.append)
+    result = main(
+        TrainConfig(
+            data=[str(tiny_dataset)],
+            mode="head",
+            arch="efficientnet_lite0",
+            weights=str(tiny_model),
+            out=str(out),
+        ),
+        events.append,
+    )
     assert {e.stage for e in events} >= {"audit", "features", "calibrate", "done"}
     ckpt = load_checkpoint(result.best)
     assert ckpt.classes == sorted(p.name for p in tiny_dataset.iterdir())
@@ -39,18 +63,38 @@ def test_head_mode_reuses_a_backbone_and_writes_a_usable_model(tiny_dataset, tin
     assert ckpt.calibration["temperature"] > 0
     proc = cli("evaluate", "--json", "--model", str(result.best), str(out / "splits"))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["n"] == len((out / "splits" / "test.txt").read_text().splitlines())
+    assert json.loads(proc.stdout)["n"] == len(
+        (out / "splits" / "test.txt").read_text().splitlines()
+    )
     # A second run hits the feature cache: no feature progress at all.
     again = []
-    main(TrainConfig(data=[str(tiny_dataset)], mode="head", arch="efficientnet_lite0",
-                     weights=str(tiny_model), out=str(tmp_path / "run2")), again.append)
+    main(
+        TrainConfig(
+            data=[str(tiny_dataset)],
+            mode="head",
+            arch="efficientnet_lite0",
+            weights=str(tiny_model),
+            out=str(tmp_path / "run2"),
+        ),
+        again.append,
+    )
     assert not [e for e in again if e.stage == "features"]
 
 
 def test_full_mode_writes_every_output(tiny_dataset, tmp_path):
     out = tmp_path / "full"
-    result = main(TrainConfig(data=[str(tiny_dataset)], arch="efficientnet_lite0", weights="none",
-                              epochs=2, batch_size=4, freeze_blocks=8, workers=0, out=str(out)))
+    result = main(
+        TrainConfig(
+            data=[str(tiny_dataset)],
+            arch="efficientnet_lite0",
+            weights="none",
+            epochs=2,
+            batch_size=4,
+            freeze_blocks=8,
+            workers=0,
+            out=str(out),
+        )
+    )
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
@@ -68,18 +112,50 @@ def test_cancel_keeps_what_was_on_disk(tiny_dataset, tmp_path):
         return calls["n"] > 3
 
     with pytest.raises(Cancelled):
-        main(TrainConfig(data=[str(tiny_dataset)], arch="efficientnet_lite0", weights="none",
-                         epochs=3, batch_size=4, workers=0, out=str(out)), should_stop=stop)
+        main(
+            TrainConfig(
+                data=[str(tiny_dataset)],
+                arch="efficientnet_lite0",
+                weights="none",
+                epochs=3,
+                batch_size=4,
+                workers=0,
+                out=str(out),
+            ),
+            should_stop=stop,
+        )
     assert not (out / "best.pt").exists()
 
 
 def test_sigkill_mid_epoch_then_resume(tiny_dataset, tmp_path):
     out = tmp_path / "killed"
-    args = ["train", "--data", str(tiny_dataset), "--arch", "efficientnet_lite0", "--weights", "none",
-            "--epochs", "4", "--batch-size", "2", "--freeze-blocks", "8", "--workers", "0",
-            "--patience", "10", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "garbage_sorter", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        "none",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "2",
+        "--freeze-blocks",
+        "8",
+        "--workers",
+        "0",
+        "--patience",
+        "10",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "garbage_sorter", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not (out / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -110,24 +186,68 @@ def test_kaggle_offline_is_a_clear_message(tmp_path):
 
 def test_search_writes_trials_and_best_config(tiny_dataset, tiny_model, tmp_path):
     out = tmp_path / "search"
-    proc = cli("train", "--data", str(tiny_dataset), "--mode", "head", "--arch", "efficientnet_lite0",
-               "--weights", str(tiny_model), "--search", "3", "--out", str(out))
+    proc = cli(
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--mode",
+        "head",
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        str(tiny_model),
+        "--search",
+        "3",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     rows = (out / "search" / "trials.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("trial,lr")
     best = TrainConfig.load(out / "search" / "best_config.json")
     assert best.search == 0 and best.splits
     assert (out / "best.pt").is_file()
-    again = cli("train", "--config", str(out / "search" / "best_config.json"), "--out", str(tmp_path / "reuse"))
+    again = cli(
+        "train",
+        "--config",
+        str(out / "search" / "best_config.json"),
+        "--out",
+        str(tmp_path / "reuse"),
+    )
     assert again.returncode == 0, again.stderr
 
 
 def test_torchrun_two_gloo_processes(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           "-m", "garbage_sorter.training", "--data", str(tiny_dataset), "--arch", "efficientnet_lite0",
-           "--weights", "none", "--epochs", "2", "--batch-size", "4", "--freeze-blocks", "8",
-           "--workers", "0", "--device", "cpu", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29731",
+        "-m",
+        "garbage_sorter.training",
+        "--data",
+        str(tiny_dataset),
+        "--arch",
+        "efficientnet_lite0",
+        "--weights",
+        "none",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--freeze-blocks",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,12 +23,16 @@ class TrainConfig:
     lr: float = 1e-3  # the original project's warm start...
     lr_min: float = 1e-5  # ...decayed by a cosine to below its 1e-4
     backbone_lr_scale: float = 1.0  # <1 keeps pretrained features closer to where they were
-    freeze_blocks: int = 0  # keep the stem and this many early blocks frozen (see train.frozen_modules)
+    freeze_blocks: int = (
+        0  # keep the stem and this many early blocks frozen (see train.frozen_modules)
+    )
     warmup_epochs: float = 0.5
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     aug_strength: float = 1.0
-    background_aug: float = 0.0  # probability of compositing a TrashNet object onto a new background
+    background_aug: float = (
+        0.0  # probability of compositing a TrashNet object onto a new background
+    )
     balance: bool = True  # balanced sampling over classes and sources
     patience: int = 5  # early stopping: epochs without validation improvement
     linear_probe_epochs: int = 0  # LP-FT: train the head alone first, then everything

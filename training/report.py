@@ -72,15 +72,22 @@ def choose_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
     return float(conf[order][ok[-1]])
 
 
-def calibrate(val_logits: np.ndarray, val_targets: np.ndarray, target_precision: float) -> dict[str, float]:
+def calibrate(
+    val_logits: np.ndarray, val_targets: np.ndarray, target_precision: float
+) -> dict[str, float]:
     """Temperature and abstention threshold from the validation split."""
     temperature = fit_temperature(val_logits, val_targets)
     threshold = choose_threshold(softmax(val_logits, temperature), val_targets, target_precision)
     return {"temperature": temperature, "threshold": threshold}
 
 
-def split_metrics(logits: np.ndarray, targets: np.ndarray, samples: Sequence, classes: Sequence[str],
-                  calibration: dict[str, float]) -> dict[str, Any]:
+def split_metrics(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    samples: Sequence,
+    classes: Sequence[str],
+    calibration: dict[str, float],
+) -> dict[str, Any]:
     """Accuracy, per-class recall, calibration and abstention, overall and per source."""
     from sklearn.metrics import recall_score
 
@@ -98,8 +105,9 @@ def split_metrics(logits: np.ndarray, targets: np.ndarray, samples: Sequence, cl
         if name != "all":
             out[f"acc_{name}"] = float((pred[mask] == targets[mask]).mean())
         answered = cal[mask].max(1) >= calibration["threshold"]
-        recall = recall_score(targets[mask], pred[mask], labels=range(len(classes)), average=None,
-                              zero_division=0)
+        recall = recall_score(
+            targets[mask], pred[mask], labels=range(len(classes)), average=None, zero_division=0
+        )
         out[name] = {
             "n": int(mask.sum()),
             "acc": float((pred[mask] == targets[mask]).mean()),
@@ -107,14 +115,25 @@ def split_metrics(logits: np.ndarray, targets: np.ndarray, samples: Sequence, cl
             "ece_before": expected_calibration_error(raw[mask], targets[mask]),
             "ece_after": expected_calibration_error(cal[mask], targets[mask]),
             "abstain_rate": float(1 - answered.mean()),
-            "acc_answered": float((pred[mask][answered] == targets[mask][answered]).mean()) if answered.any() else float("nan"),
+            "acc_answered": float((pred[mask][answered] == targets[mask][answered]).mean())
+            if answered.any()
+            else float("nan"),
         }
     return out
 
 
-def write_reports(out: Path, classes: Sequence[str], test_logits: np.ndarray, test_targets: np.ndarray,
-                  test_samples: Sequence, history: list[dict[str, Any]], calibration: dict[str, float],
-                  val_logits: np.ndarray, val_targets: np.ndarray, val_samples: Sequence) -> dict[str, Any]:
+def write_reports(
+    out: Path,
+    classes: Sequence[str],
+    test_logits: np.ndarray,
+    test_targets: np.ndarray,
+    test_samples: Sequence,
+    history: list[dict[str, Any]],
+    calibration: dict[str, float],
+    val_logits: np.ndarray,
+    val_targets: np.ndarray,
+    val_samples: Sequence,
+) -> dict[str, Any]:
     """Classification report, confusion matrix and curves as files; returns the metrics dict."""
     from sklearn.metrics import classification_report, confusion_matrix
 
@@ -126,8 +145,14 @@ def write_reports(out: Path, classes: Sequence[str], test_logits: np.ndarray, te
     }
     if len(test_targets):
         pred = test_logits.argmax(1)
-        text = classification_report(test_targets, pred, labels=range(len(classes)),
-                                     target_names=list(classes), digits=4, zero_division=0)
+        text = classification_report(
+            test_targets,
+            pred,
+            labels=range(len(classes)),
+            target_names=list(classes),
+            digits=4,
+            zero_division=0,
+        )
         atomic_write(out / "classification_report.txt", text)
         matrix = confusion_matrix(test_targets, pred, labels=range(len(classes)))
         metrics["confusion_matrix"] = matrix.tolist()
@@ -156,8 +181,14 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: Sequence[str]) -> No
     ax.set_ylabel("true")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     ax.set_title("Confusion matrix (test split)")
     fig.tight_layout()
     atomic_save(path, lambda handle: fig.savefig(handle, format="png"))

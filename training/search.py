@@ -50,11 +50,23 @@ def run_search(config: TrainConfig, on_progress: ProgressFn | None = None) -> Tr
     split_dir: str | None = config.splits
     for trial in range(config.search):
         params = sample_trial(rng, config)
-        trial_config = replace(config, **params, search=0, out=str(folder / f"trial{trial:02d}"),
-                               splits=split_dir, resume=False, calibrate=False,
-                               epochs=config.epochs if config.mode == "head" else max(1, config.epochs // 3))
-        report(Progress("log", message=f"trial {trial + 1}/{config.search}: "
-                        + ", ".join(f"{k}={v:.3g}" for k, v in params.items())))
+        trial_config = replace(
+            config,
+            **params,
+            search=0,
+            out=str(folder / f"trial{trial:02d}"),
+            splits=split_dir,
+            resume=False,
+            calibrate=False,
+            epochs=config.epochs if config.mode == "head" else max(1, config.epochs // 3),
+        )
+        report(
+            Progress(
+                "log",
+                message=f"trial {trial + 1}/{config.search}: "
+                + ", ".join(f"{k}={v:.3g}" for k, v in params.items()),
+            )
+        )
         result = main(trial_config, report)
         split_dir = split_dir or str(Path(trial_config.out) / "splits")
         rows.append({"trial": trial, **params, "val_score": validation_score(result.metrics)})
@@ -65,9 +77,19 @@ def run_search(config: TrainConfig, on_progress: ProgressFn | None = None) -> Tr
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(folder / "trials.csv", buffer.getvalue())
-    chosen = replace(config, search=0, splits=split_dir, out=str(out),
-                     **{k: best[k] for k in ("lr", "weight_decay", "label_smoothing", "aug_strength")})
+    chosen = replace(
+        config,
+        search=0,
+        splits=split_dir,
+        out=str(out),
+        **{k: best[k] for k in ("lr", "weight_decay", "label_smoothing", "aug_strength")},
+    )
     atomic_write(folder / "best_config.json", json.dumps(chosen.to_dict(), indent=2) + "\n")
-    report(Progress("log", message=f"best trial {best['trial']} (validation {best['val_score']:.4f}); "
-                    f"config in {folder / 'best_config.json'}"))
+    report(
+        Progress(
+            "log",
+            message=f"best trial {best['trial']} (validation {best['val_score']:.4f}); "
+            f"config in {folder / 'best_config.json'}",
+        )
+    )
     return chosen

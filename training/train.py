@@ -37,7 +37,12 @@ from garbage_sorter.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from garbage_sorter.presets import EvalTransform, Preprocessing, default_preprocessing, train_transform
+from garbage_sorter.presets import (
+    EvalTransform,
+    Preprocessing,
+    default_preprocessing,
+    train_transform,
+)
 from garbage_sorter.storage import atomic_write, data_dir
 
 from . import data as D
@@ -104,8 +109,9 @@ class ToUnit:
     """Eval transform without normalisation: float tensor in [0, 1] (normalised on the device)."""
 
     def __init__(self, prep: Preprocessing):
-        self.inner = EvalTransform(Preprocessing(prep.resize, prep.crop, (0.0,) * 3, (1.0,) * 3,
-                                                 prep.interpolation))
+        self.inner = EvalTransform(
+            Preprocessing(prep.resize, prep.crop, (0.0,) * 3, (1.0,) * 3, prep.interpolation)
+        )
 
     def __call__(self, image):
         return self.inner(image)
@@ -117,7 +123,9 @@ def normalizer(prep: Preprocessing, device: torch.device) -> Callable[[torch.Ten
     return lambda x: (x - mean) / std
 
 
-def prepare_data(config: TrainConfig, out: Path, log: Callable[[str], None]) -> tuple[dict, list[str]]:
+def prepare_data(
+    config: TrainConfig, out: Path, log: Callable[[str], None]
+) -> tuple[dict, list[str]]:
     """Find, audit, clean and split the data (or reuse a saved split). Returns (splits, classes)."""
     split_dir = Path(config.splits) if config.splits else out / "splits"
     if config.resume or config.splits:
@@ -204,7 +212,11 @@ def frozen_modules(model: nn.Module, arch: str, blocks: int) -> list[nn.Module]:
     if blocks <= 0:
         return []
     if arch == "resnet18":
-        return [model.conv1, model.bn1, *[getattr(model, f"layer{i}") for i in range(1, min(blocks, 4) + 1)]]
+        return [
+            model.conv1,
+            model.bn1,
+            *[getattr(model, f"layer{i}") for i in range(1, min(blocks, 4) + 1)],
+        ]
     return [model._conv_stem, model._bn0, *model._blocks[:blocks]]
 
 
@@ -223,9 +235,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GARBAGE_SORTER_CACHE_DIR") or data_dir() / "cache")
 
 
-def cached_features(model: nn.Module, arch: str, model_key: str, samples: Sequence[D.Sample],
-                    prep: Preprocessing, device: torch.device, batch_size: int,
-                    report: ProgressFn, should_stop: Callable[[], bool]) -> np.ndarray:
+def cached_features(
+    model: nn.Module,
+    arch: str,
+    model_key: str,
+    samples: Sequence[D.Sample],
+    prep: Preprocessing,
+    device: torch.device,
+    batch_size: int,
+    report: ProgressFn,
+    should_stop: Callable[[], bool],
+) -> np.ndarray:
     """Backbone features for ``samples``, from a disk cache keyed by file content and model.
 
     Head-only retraining is dominated by the backbone's forward pass; with the cache, a second
@@ -246,9 +266,16 @@ def cached_features(model: nn.Module, arch: str, model_key: str, samples: Sequen
     if todo:
         norm = normalizer(prep, device)
         loader = torch.utils.data.DataLoader(
-            SampleDataset([samples[i] for i in todo], sorted({s.label for s in samples}),
-                          ToUnit(prep), prep.resize),
-            batch_size=batch_size, num_workers=1, persistent_workers=False)
+            SampleDataset(
+                [samples[i] for i in todo],
+                sorted({s.label for s in samples}),
+                ToUnit(prep),
+                prep.resize,
+            ),
+            batch_size=batch_size,
+            num_workers=1,
+            persistent_workers=False,
+        )
         model.eval()
         done, t0 = 0, time.perf_counter()
         with torch.inference_mode():
@@ -260,9 +287,15 @@ def cached_features(model: nn.Module, arch: str, model_key: str, samples: Sequen
                     cache[keys[todo[done]]] = f.astype(np.float16)
                     done += 1
                 rate = done / (time.perf_counter() - t0)
-                report(Progress("features", step=done, steps=len(todo),
-                                message=f"features {done}/{len(todo)}",
-                                eta_seconds=(len(todo) - done) / max(rate, 1e-6)))
+                report(
+                    Progress(
+                        "features",
+                        step=done,
+                        steps=len(todo),
+                        message=f"features {done}/{len(todo)}",
+                        eta_seconds=(len(todo) - done) / max(rate, 1e-6),
+                    )
+                )
         path.parent.mkdir(parents=True, exist_ok=True)
         from garbage_sorter.storage import atomic_save
 
@@ -270,15 +303,24 @@ def cached_features(model: nn.Module, arch: str, model_key: str, samples: Sequen
     return np.stack([cache[k].astype(np.float32) for k in keys])
 
 
-def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-             num_classes: int, config: TrainConfig, weights: np.ndarray | None = None,
-             epochs: int = 300) -> tuple[nn.Linear, float]:
+def fit_head(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    weights: np.ndarray | None = None,
+    epochs: int = 300,
+) -> tuple[nn.Linear, float]:
     """Train a linear head on cached features (full batch AdamW); returns (head, val accuracy)."""
     torch.manual_seed(config.seed)
     x, y = torch.from_numpy(train_x), torch.from_numpy(train_y).long()
     vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y).long()
     head = nn.Linear(x.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr * 10, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=config.lr * 10, weight_decay=config.weight_decay
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     w = None if weights is None else torch.from_numpy(weights).float()
     best, best_state = -1.0, None
@@ -304,11 +346,24 @@ def fit_head(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y:
 # The loop
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, *, device: torch.device,
-                    ctx, norm, epoch: int, epochs: int, config: TrainConfig,
-                    teacher: tuple[nn.Module, Callable, int] | None, report: ProgressFn,
-                    should_stop: Callable[[], bool], step_offset: int = 0,
-                    frozen: Sequence[nn.Module] = ()) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    optimizer,
+    scheduler,
+    *,
+    device: torch.device,
+    ctx,
+    norm,
+    epoch: int,
+    epochs: int,
+    config: TrainConfig,
+    teacher: tuple[nn.Module, Callable, int] | None,
+    report: ProgressFn,
+    should_stop: Callable[[], bool],
+    step_offset: int = 0,
+    frozen: Sequence[nn.Module] = (),
+) -> dict[str, float]:
     """One pass over ``loader``. With a teacher, the loss mixes the true labels with the
     teacher's softened predictions on exactly the same augmented batch (function matching)."""
     set_train_mode(model, frozen)
@@ -327,13 +382,29 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, *, device: t
             if teacher is not None:
                 t_model, t_norm, t_size = teacher
                 with torch.no_grad():
-                    t_in = images if images.shape[-1] == t_size else F.interpolate(
-                        images, size=(t_size, t_size), mode="bilinear", antialias=True,
-                        align_corners=False)
+                    t_in = (
+                        images
+                        if images.shape[-1] == t_size
+                        else F.interpolate(
+                            images,
+                            size=(t_size, t_size),
+                            mode="bilinear",
+                            antialias=True,
+                            align_corners=False,
+                        )
+                    )
                     t_logits = t_model(t_norm(t_in))
                 temp = config.distill_temperature
-                kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits.float() / temp, 1),
-                              reduction="batchmean", log_target=True) * temp * temp
+                kd = (
+                    F.kl_div(
+                        F.log_softmax(logits / temp, 1),
+                        F.log_softmax(t_logits.float() / temp, 1),
+                        reduction="batchmean",
+                        log_target=True,
+                    )
+                    * temp
+                    * temp
+                )
                 loss = config.distill_alpha * kd + (1 - config.distill_alpha) * loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -344,17 +415,31 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, *, device: t
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(targets)
         elapsed = time.perf_counter() - t0
-        report(Progress("train", epoch=epoch, epochs=epochs, step=step + 1, steps=steps,
-                        message=f"epoch {epoch + 1}/{epochs} loss {total_loss / seen:.3f}",
-                        eta_seconds=elapsed / (step + 1) * (steps - step - 1)
-                        + elapsed / (step + 1) * steps * (epochs - epoch - 1),
-                        metrics={"images_per_second": seen / elapsed}))
+        report(
+            Progress(
+                "train",
+                epoch=epoch,
+                epochs=epochs,
+                step=step + 1,
+                steps=steps,
+                message=f"epoch {epoch + 1}/{epochs} loss {total_loss / seen:.3f}",
+                eta_seconds=elapsed / (step + 1) * (steps - step - 1)
+                + elapsed / (step + 1) * steps * (epochs - epoch - 1),
+                metrics={"images_per_second": seen / elapsed},
+            )
+        )
     elapsed = time.perf_counter() - t0
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "images_per_second": seen / max(elapsed, 1e-9), "seconds": elapsed}
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "images_per_second": seen / max(elapsed, 1e-9),
+        "seconds": elapsed,
+    }
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, ctx, norm) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, ctx, norm
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits and targets over ``loader`` (eval mode, no gradients)."""
     model.eval()
     all_logits, all_targets = [], []
@@ -368,7 +453,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, ctx, norm) -> tuple
     return torch.cat(all_logits).numpy(), torch.cat(all_targets).numpy()
 
 
-def score_by_source(logits: np.ndarray, targets: np.ndarray, samples: Sequence[D.Sample]) -> dict[str, float]:
+def score_by_source(
+    logits: np.ndarray, targets: np.ndarray, samples: Sequence[D.Sample]
+) -> dict[str, float]:
     """Accuracy overall and per data source; the model is selected on the mean over sources so
     a small real-world source counts as much as the big studio one."""
     pred = logits.argmax(1) if len(logits) else np.zeros(0, int)
@@ -387,7 +474,12 @@ class WarmupCosine:
     """Linear warm-up to the peak learning rate, then a cosine down to ``lr_min``."""
 
     def __init__(self, optimizer, total: int, warmup: int, lr_min_ratio: float):
-        self.optimizer, self.total, self.warmup, self.floor = optimizer, max(total, 1), warmup, lr_min_ratio
+        self.optimizer, self.total, self.warmup, self.floor = (
+            optimizer,
+            max(total, 1),
+            warmup,
+            lr_min_ratio,
+        )
         self.peaks = [g["lr"] for g in optimizer.param_groups]
         self.count = 0
         self._apply()
@@ -431,8 +523,11 @@ def default_out_dir() -> Path:
     return data_dir() / "runs" / stamp
 
 
-def main(config: TrainConfig, on_progress: ProgressFn | None = None,
-         should_stop: Callable[[], bool] | None = None) -> RunResult:
+def main(
+    config: TrainConfig,
+    on_progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
     """Run one training as ``config`` says. Raises ``Cancelled`` if ``should_stop()`` turns true.
 
     On cancel or failure the files already written (an earlier best checkpoint, the bundled
@@ -459,11 +554,17 @@ def main(config: TrainConfig, on_progress: ProgressFn | None = None,
     config.out = str(out)
 
     if config.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        device = torch.device(
+            f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        )
     else:
         device = torch.device(config.device)
     # Chosen once: bf16 autocast on a GPU, plain fp32 on a CPU.
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    ctx = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
 
     report(Progress("audit", message="checking the data"))
     splits, classes = prepare_data(config, out, log) if rank == 0 else (None, None)
@@ -485,20 +586,34 @@ def main(config: TrainConfig, on_progress: ProgressFn | None = None,
 
     eval_loader = lambda samples: torch.utils.data.DataLoader(  # noqa: E731
         SampleDataset(samples, classes, ToUnit(prep), prep.resize),
-        batch_size=config.batch_size * 2, num_workers=config.workers)
+        batch_size=config.batch_size * 2,
+        num_workers=config.workers,
+    )
 
     history: list[dict[str, Any]] = []
     if config.mode == "head" or config.linear_probe_epochs > 0:
         model = model.to(device)
         model_key = _model_key(arch, weights, prep)
-        feats = {name: cached_features(model, arch, model_key, splits[name], prep, device,
-                                       config.batch_size * 2, report, stop)
-                 for name in ("train", "val")}
+        feats = {
+            name: cached_features(
+                model,
+                arch,
+                model_key,
+                splits[name],
+                prep,
+                device,
+                config.batch_size * 2,
+                report,
+                stop,
+            )
+            for name in ("train", "val")
+        }
         index = {c: i for i, c in enumerate(classes)}
         ys = {name: np.array([index[s.label] for s in splits[name]]) for name in ("train", "val")}
         w = np.array(D.balance_weights(splits["train"])) if config.balance else None
-        head, val_acc = fit_head(feats["train"], ys["train"], feats["val"], ys["val"],
-                                 len(classes), config, w)
+        head, val_acc = fit_head(
+            feats["train"], ys["train"], feats["val"], ys["val"], len(classes), config, w
+        )
         head_of(model, arch).load_state_dict(head.state_dict())
         log(f"Linear head on cached features: validation accuracy {val_acc:.3f}")
         history.append({"epoch": 0, "phase": "linear-probe", "val_acc": val_acc})
@@ -514,7 +629,9 @@ def main(config: TrainConfig, on_progress: ProgressFn | None = None,
         if config.teacher:
             t_ckpt = load_checkpoint(config.teacher)
             if t_ckpt.classes != classes:
-                raise CheckpointError(f"{config.teacher}: teacher classes {t_ckpt.classes} differ from {classes}")
+                raise CheckpointError(
+                    f"{config.teacher}: teacher classes {t_ckpt.classes} differ from {classes}"
+                )
             t_model = t_ckpt.build().to(device, memory_format=torch.channels_last)
             teacher = (t_model, normalizer(t_ckpt.preprocessing, device), t_ckpt.preprocessing.crop)
             log(f"Distilling from {config.teacher} ({t_ckpt.arch})")
@@ -523,30 +640,50 @@ def main(config: TrainConfig, on_progress: ProgressFn | None = None,
             from .backgrounds import BackgroundAugment
 
             background = BackgroundAugment(p=config.background_aug, seed=config.seed)
-        transform = train_transform(prep, config.aug_strength, background=background, normalize=False)
+        transform = train_transform(
+            prep, config.aug_strength, background=background, normalize=False
+        )
         train_set = SampleDataset(splits["train"], classes, transform, prep.resize)
-        weights_vec = D.balance_weights(splits["train"]) if config.balance else [1.0] * len(train_set)
+        weights_vec = (
+            D.balance_weights(splits["train"]) if config.balance else [1.0] * len(train_set)
+        )
         sampler = ShardedWeightedSampler(weights_vec, len(train_set), rank, world, config.seed)
-        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
-                                             num_workers=config.workers, drop_last=len(train_set) > config.batch_size,
-                                             persistent_workers=config.workers > 0)
+        loader = torch.utils.data.DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=config.workers,
+            drop_last=len(train_set) > config.batch_size,
+            persistent_workers=config.workers > 0,
+        )
         frozen = frozen_modules(model, arch, config.freeze_blocks)
         for module in frozen:
             module.requires_grad_(False)
         head_params = list(head_of(model, arch).parameters())
         head_ids = {id(p) for p in head_params}
         backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-        optimizer = torch.optim.AdamW([
-            {"params": backbone, "lr": config.lr * config.backbone_lr_scale},
-            {"params": head_params, "lr": config.lr},
-        ], weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": backbone, "lr": config.lr * config.backbone_lr_scale},
+                {"params": head_params, "lr": config.lr},
+            ],
+            weight_decay=config.weight_decay,
+        )
         steps_per_epoch = len(loader)
-        scheduler = WarmupCosine(optimizer, steps_per_epoch * config.epochs,
-                                 int(steps_per_epoch * config.warmup_epochs), config.lr_min / config.lr)
+        scheduler = WarmupCosine(
+            optimizer,
+            steps_per_epoch * config.epochs,
+            int(steps_per_epoch * config.warmup_epochs),
+            config.lr_min / config.lr,
+        )
         if config.resume:
             state = torch.load(last_path, map_location="cpu", weights_only=True)
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                   for k, v in state["state_dict"].items()})
+            model.load_state_dict(
+                {
+                    k: v.float() if v.is_floating_point() else v
+                    for k, v in state["state_dict"].items()
+                }
+            )
             optimizer.load_state_dict(state["train_state"]["optimizer"])
             scheduler.load_state_dict(state["train_state"]["scheduler"])
             start_epoch = int(state["train_state"]["epoch"]) + 1
@@ -556,15 +693,30 @@ def main(config: TrainConfig, on_progress: ProgressFn | None = None,
             log(f"Resuming after epoch {start_epoch} (best validation score {best_score:.3f})")
         net = model
         if world > 1:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         val_loader = eval_loader(splits["val"])
         stale = 0
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
-            stats = train_one_epoch(net, loader, optimizer, scheduler, device=device, ctx=ctx, norm=norm,
-                                    epoch=epoch, epochs=config.epochs, config=config, teacher=teacher,
-                                    report=report if rank == 0 else (lambda p: None), should_stop=stop,
-                                    step_offset=epoch * steps_per_epoch, frozen=frozen)
+            stats = train_one_epoch(
+                net,
+                loader,
+                optimizer,
+                scheduler,
+                device=device,
+                ctx=ctx,
+                norm=norm,
+                epoch=epoch,
+                epochs=config.epochs,
+                config=config,
+                teacher=teacher,
+                report=report if rank == 0 else (lambda p: None),
+                should_stop=stop,
+                step_offset=epoch * steps_per_epoch,
+                frozen=frozen,
+            )
             epochs_run = epoch + 1
             if rank == 0:
                 logits, targets = evaluate(model, val_loader, device, ctx, norm)
@@ -574,35 +726,69 @@ def main(config: TrainConfig, on_progress: ProgressFn | None = None,
                 improved = scores["score"] > best_score
                 if improved:
                     best_score = scores["score"]
-                    save_checkpoint(best_path, model, **meta, metrics={"history": history},
-                                    half=config.half_checkpoint)
-                train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "epoch": epoch, "best_score": best_score, "history": history,
-                               "probe_state": probe_state}
-                save_checkpoint(last_path, model, **meta, metrics={"history": history},
-                                extra={"train_state": train_state})
+                    save_checkpoint(
+                        best_path,
+                        model,
+                        **meta,
+                        metrics={"history": history},
+                        half=config.half_checkpoint,
+                    )
+                train_state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "best_score": best_score,
+                    "history": history,
+                    "probe_state": probe_state,
+                }
+                save_checkpoint(
+                    last_path,
+                    model,
+                    **meta,
+                    metrics={"history": history},
+                    extra={"train_state": train_state},
+                )
                 stale = 0 if improved else stale + 1
-                log(f"epoch {epoch + 1}/{config.epochs}: loss {stats['train_loss']:.3f}, "
+                log(
+                    f"epoch {epoch + 1}/{config.epochs}: loss {stats['train_loss']:.3f}, "
                     f"val acc {scores['acc']:.3f} (score {scores['score']:.3f}), "
-                    f"{stats['images_per_second']:.1f} img/s")
-                report(Progress("evaluate", epoch=epoch, epochs=config.epochs, metrics=stats,
-                                message=f"epoch {epoch + 1}: validation accuracy {scores['acc']:.3f}"))
+                    f"{stats['images_per_second']:.1f} img/s"
+                )
+                report(
+                    Progress(
+                        "evaluate",
+                        epoch=epoch,
+                        epochs=config.epochs,
+                        metrics=stats,
+                        message=f"epoch {epoch + 1}: validation accuracy {scores['acc']:.3f}",
+                    )
+                )
             stop_now = torch.tensor([1 if (rank == 0 and stale >= config.patience) else 0])
             if world > 1:
                 dist.broadcast(stop_now, 0)
-            if stop_now.item() or (config.max_steps is not None and (epoch + 1) * steps_per_epoch >= config.max_steps):
-                log("Stopping early: no validation improvement" if stale >= config.patience else "Step budget reached")
+            if stop_now.item() or (
+                config.max_steps is not None and (epoch + 1) * steps_per_epoch >= config.max_steps
+            ):
+                log(
+                    "Stopping early: no validation improvement"
+                    if stale >= config.patience
+                    else "Step budget reached"
+                )
                 break
     if rank != 0:
         dist.barrier()
         return RunResult(out, best_path, {})
 
     if config.mode == "head":
-        save_checkpoint(best_path, model, **meta, metrics={"history": history}, half=config.half_checkpoint)
+        save_checkpoint(
+            best_path, model, **meta, metrics={"history": history}, half=config.half_checkpoint
+        )
     best = load_checkpoint(best_path)
     model = best.build().to(device, memory_format=torch.channels_last)
     if config.mode == "full" and config.wise_alpha < 1.0:
-        model = _wise(model, probe_state, config.wise_alpha).to(device, memory_format=torch.channels_last)
+        model = _wise(model, probe_state, config.wise_alpha).to(
+            device, memory_format=torch.channels_last
+        )
         log(f"WiSE-FT: averaged fine-tuned and linear-probe weights with alpha {config.wise_alpha}")
 
     report(Progress("calibrate", message="calibrating confidences"))
@@ -614,11 +800,27 @@ def main(config: TrainConfig, on_progress: ProgressFn | None = None,
         calibration.update(temperature=1.0, threshold=0.0)
     report(Progress("evaluate", message="testing on the held-out split"))
     test_logits, test_targets = evaluate(model, eval_loader(splits["test"]), device, ctx, norm)
-    metrics = write_reports(out, classes, test_logits, test_targets, splits["test"], history,
-                            calibration, val_logits, val_targets, splits["val"])
+    metrics = write_reports(
+        out,
+        classes,
+        test_logits,
+        test_targets,
+        splits["test"],
+        history,
+        calibration,
+        val_logits,
+        val_targets,
+        splits["val"],
+    )
     metrics["epochs_run"] = epochs_run
-    save_checkpoint(best_path, model, **meta, calibration=calibration, metrics=metrics,
-                    half=config.half_checkpoint)
+    save_checkpoint(
+        best_path,
+        model,
+        **meta,
+        calibration=calibration,
+        metrics=metrics,
+        half=config.half_checkpoint,
+    )
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     report(Progress("done", message=f"test accuracy {metrics['test']['acc']:.3f}", metrics=metrics))
     if world > 1:
@@ -630,9 +832,17 @@ class ShardedWeightedSampler(torch.utils.data.Sampler):
     """Weighted sampling with replacement, drawn identically on every process from the seed and
     epoch, then dealt out by rank: one process sees the whole draw, N processes split it."""
 
-    def __init__(self, weights: Sequence[float], num_samples: int, rank: int, world: int, seed: int):
+    def __init__(
+        self, weights: Sequence[float], num_samples: int, rank: int, world: int, seed: int
+    ):
         self.weights = torch.as_tensor(weights, dtype=torch.double)
-        self.num_samples, self.rank, self.world, self.seed, self.epoch = num_samples, rank, world, seed, 0
+        self.num_samples, self.rank, self.world, self.seed, self.epoch = (
+            num_samples,
+            rank,
+            world,
+            seed,
+            0,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -640,7 +850,7 @@ class ShardedWeightedSampler(torch.utils.data.Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         draw = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
-        return iter(draw[self.rank::self.world].tolist())
+        return iter(draw[self.rank :: self.world].tolist())
 
     def __len__(self) -> int:
         return len(range(self.rank, self.num_samples, self.world))
@@ -648,8 +858,12 @@ class ShardedWeightedSampler(torch.utils.data.Sampler):
 
 def _wise(model: nn.Module, probe_state: dict[str, torch.Tensor], alpha: float) -> nn.Module:
     state = model.state_dict()
-    mixed = {k: (alpha * v.float() + (1 - alpha) * probe_state[k].float().to(v.device)).to(v.dtype)
-             if v.is_floating_point() else v for k, v in state.items()}
+    mixed = {
+        k: (alpha * v.float() + (1 - alpha) * probe_state[k].float().to(v.device)).to(v.dtype)
+        if v.is_floating_point()
+        else v
+        for k, v in state.items()
+    }
     model.load_state_dict(mixed)
     return model
 
@@ -667,25 +881,65 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``train`` command line; every option fills a :class:`TrainConfig` field."""
     defaults = TrainConfig()
     p = argparse.ArgumentParser(description="Train a Garbage Sorter model", add_help=add_help)
-    p.add_argument("--data", action="append", default=[], metavar="DIR",
-                   help="folder-per-class tree of photos (repeat for several)")
-    p.add_argument("--kaggle", nargs="?", const=D.KAGGLE_HANDLE, default=None, metavar="HANDLE",
-                   help=f"download a Kaggle dataset with kagglehub (default {D.KAGGLE_HANDLE})")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder-per-class tree of photos (repeat for several)",
+    )
+    p.add_argument(
+        "--kaggle",
+        nargs="?",
+        const=D.KAGGLE_HANDLE,
+        default=None,
+        metavar="HANDLE",
+        help=f"download a Kaggle dataset with kagglehub (default {D.KAGGLE_HANDLE})",
+    )
     p.add_argument("--out", help="run folder (default: a new folder under the user's data folder)")
-    p.add_argument("--config", help="JSON config (e.g. a search's best_config.json); flags override it")
+    p.add_argument(
+        "--config", help="JSON config (e.g. a search's best_config.json); flags override it"
+    )
     p.add_argument("--arch", choices=ARCHS, default=None, help="network (default resnet18)")
-    p.add_argument("--weights", default=None,
-                   help="auto (default) | imagenet | none | PATH: initialisation of the backbone")
-    p.add_argument("--mode", choices=("head", "full"), default=None,
-                   help="head: linear classifier on cached features (minutes on a laptop); full: fine-tune everything")
-    for name, kind in (("epochs", int), ("batch_size", int), ("lr", float), ("lr_min", float),
-                       ("backbone_lr_scale", float), ("freeze_blocks", int), ("weight_decay", float), ("label_smoothing", float),
-                       ("aug_strength", float), ("background_aug", float), ("patience", int),
-                       ("linear_probe_epochs", int), ("wise_alpha", float), ("distill_alpha", float),
-                       ("distill_temperature", float), ("seed", int), ("workers", int),
-                       ("max_steps", int), ("search", int), ("target_precision", float)):
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
-                       help=f"(default {getattr(defaults, name)})")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="auto (default) | imagenet | none | PATH: initialisation of the backbone",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("head", "full"),
+        default=None,
+        help="head: linear classifier on cached features (minutes on a laptop); full: fine-tune everything",
+    )
+    for name, kind in (
+        ("epochs", int),
+        ("batch_size", int),
+        ("lr", float),
+        ("lr_min", float),
+        ("backbone_lr_scale", float),
+        ("freeze_blocks", int),
+        ("weight_decay", float),
+        ("label_smoothing", float),
+        ("aug_strength", float),
+        ("background_aug", float),
+        ("patience", int),
+        ("linear_probe_epochs", int),
+        ("wise_alpha", float),
+        ("distill_alpha", float),
+        ("distill_temperature", float),
+        ("seed", int),
+        ("workers", int),
+        ("max_steps", int),
+        ("search", int),
+        ("target_precision", float),
+    ):
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=None,
+            help=f"(default {getattr(defaults, name)})",
+        )
     p.add_argument("--teacher", help="checkpoint to distil from")
     p.add_argument("--splits", help="reuse the split files in this folder")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
@@ -745,7 +999,11 @@ class TerminalProgress:
 
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -760,7 +1018,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
             config = run_search(config, progress)
         result = main(config, progress)
     except KeyboardInterrupt:
-        print("\nInterrupted. The last completed epoch is in last.pt; continue with --resume.", file=sys.stderr)
+        print(
+            "\nInterrupted. The last completed epoch is in last.pt; continue with --resume.",
+            file=sys.stderr,
+        )
         return 130
     except (D.DataSourceError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -768,6 +1029,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     test = result.metrics.get("test", {})
     print(f"Model: {result.best}")
     if test:
-        print(f"Test accuracy: {test['acc']:.4f} on {test['n']} photos; "
-              + ", ".join(f"{k[4:]} {v:.4f}" for k, v in test.items() if k.startswith("acc_")))
+        print(
+            f"Test accuracy: {test['acc']:.4f} on {test['n']} photos; "
+            + ", ".join(f"{k[4:]} {v:.4f}" for k, v in test.items() if k.startswith("acc_"))
+        )
     return 0
