@@ -15,6 +15,9 @@ model never saw rather than memory of the generator.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -24,14 +27,21 @@ _POOL_SIDE = 384  # pool textures are square; calls take a random crop, so this 
 _POOL_SEEDS = {"train": 20240601, "heldout": 77777}
 _POOLS: dict[str, list[np.ndarray | None]] = {}
 
-# White-board model: pixels are worked on at this long side, which keeps the mask under ~2 ms.
+# White-board model: the shape is found at this long side, which keeps the mask near 2 ms.
 _MASK_SIDE = 128
+# Sobel magnitude (grey in 0..1) that counts as an object edge at that size: a step of ~6% per
+# pixel, sharper than shadow edges, enough for glass rims and a white sheet's edge; the closing
+# (px) then joins broken outlines so that hole filling can close them.
+_EDGE = 0.25
+_CLOSE = 7
 
 
 # --------------------------------------------------------------------------- noise primitives
 
 
-def _value_noise(h: int, w: int, rng: np.random.Generator, cell: float, aspect: float = 1.0) -> np.ndarray:
+def _value_noise(
+    h: int, w: int, rng: np.random.Generator, cell: float, aspect: float = 1.0
+) -> np.ndarray:
     """Smooth noise in about [0, 1]: a random grid of ``cell`` px (times ``aspect`` along x), upsampled."""
     gh = max(2, int(np.ceil(h / cell)) + 1)
     gw = max(2, int(np.ceil(w / (cell * aspect))) + 1)
@@ -39,7 +49,9 @@ def _value_noise(h: int, w: int, rng: np.random.Generator, cell: float, aspect: 
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def _fractal(h: int, w: int, rng: np.random.Generator, cell: float, octaves: int = 4, aspect: float = 1.0) -> np.ndarray:
+def _fractal(
+    h: int, w: int, rng: np.random.Generator, cell: float, octaves: int = 4, aspect: float = 1.0
+) -> np.ndarray:
     """Sum of value-noise octaves, halving the cell each time; normalised to [0, 1]."""
     out = np.zeros((h, w), np.float32)
     amp, total = 1.0, 0.0
@@ -101,11 +113,26 @@ _TRAIN_WOODS = [
 ]
 # Tables and floors: greys, beige, cream, black, navy, forest green, light blue.
 _TRAIN_SOLIDS = [
-    (200, 200, 198), (150, 150, 152), (95, 96, 100), (40, 40, 42), (222, 212, 190),
-    (236, 228, 206), (46, 58, 96), (52, 84, 60), (150, 180, 206), (180, 170, 150),
+    (200, 200, 198),
+    (150, 150, 152),
+    (95, 96, 100),
+    (40, 40, 42),
+    (222, 212, 190),
+    (236, 228, 206),
+    (46, 58, 96),
+    (52, 84, 60),
+    (150, 180, 206),
+    (180, 170, 150),
 ]
 _TRAIN_TILES = [(210, 210, 205), (186, 180, 170), (150, 170, 190), (225, 220, 205), (120, 120, 118)]
-_TRAIN_FABRICS = [(60, 70, 110), (120, 60, 50), (90, 110, 80), (160, 150, 140), (70, 70, 75), (120, 125, 145)]
+_TRAIN_FABRICS = [
+    (60, 70, 110),
+    (120, 60, 50),
+    (90, 110, 80),
+    (160, 150, 140),
+    (70, 70, 75),
+    (120, 125, 145),
+]
 _TRAIN_GROUND = {
     "grass": ((60, 100, 40), (110, 150, 60)),
     "soil": ((80, 60, 45), (130, 100, 70)),
@@ -212,7 +239,9 @@ def _ground(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         blades = cv2.warpAffine(blades, rot, (side, side))[y0 : y0 + h, x0 : x0 + w]
         t = 0.6 * blades + 0.4 * _fractal(h, w, rng, cell=60, octaves=3)
     else:
-        t = 0.5 * _fractal(h, w, rng, cell=2, octaves=2) + 0.5 * _fractal(h, w, rng, cell=50, octaves=4)
+        t = 0.5 * _fractal(h, w, rng, cell=2, octaves=2) + 0.5 * _fractal(
+            h, w, rng, cell=50, octaves=4
+        )
     return _shade(_mix(dark, light, t), rng)
 
 
@@ -254,7 +283,9 @@ def heldout_wood(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     edge -- on wide boards in darker, redder browns (mahogany, cherry, rosewood, wenge).
     """
     w, h = size
-    light, dark = (np.asarray(c, np.float32) for c in _HELDOUT_WOODS[rng.integers(len(_HELDOUT_WOODS))])
+    light, dark = (
+        np.asarray(c, np.float32) for c in _HELDOUT_WOODS[rng.integers(len(_HELDOUT_WOODS))]
+    )
     out = np.empty((h, w, 3), np.float32)
     x = 0
     while x < w:  # boards run along y, each with its own arc centre
@@ -343,7 +374,9 @@ def _pooled(split: str, index: int) -> np.ndarray:
     return pool[index]
 
 
-def make_background(size: tuple[int, int], rng: np.random.Generator, *, split: str = "train") -> np.ndarray:
+def make_background(
+    size: tuple[int, int], rng: np.random.Generator, *, split: str = "train"
+) -> np.ndarray:
     """A background photo-like surface, HxWx3 uint8, for ``size`` = (width, height).
 
     Drawn from a per-process pool of :data:`POOL_SIZE` pre-generated textures of the ``split``
@@ -378,7 +411,7 @@ def make_background(size: tuple[int, int], rng: np.random.Generator, *, split: s
 def white_background_mask(rgb: np.ndarray) -> np.ndarray:
     """Alpha (HxW float32 in [0, 1]) of the object on a white or light-grey board.
 
-    The board's colour is modelled as a smooth quadratic surface per channel, fitted to the
+    The board's colour is modelled as a smooth harmonic quadratic per channel, fitted to the
     border ring of the photo (TrashNet's boards are lit unevenly and tinted pink or blue). A
     pixel is object when its colour differs from the board's in hue (a shadow only darkens it),
     it is darker than TrashNet's soft shadows, or it sits on a sharp edge. The shape is cleaned
@@ -399,9 +432,8 @@ def white_background_mask(rgb: np.ndarray) -> np.ndarray:
         return ones
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     edges = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
-    # 0.35: a sharper step than any shadow edge at this scale (a glass rim, a paper edge).
-    obj = (_unlike_board(small, board) | (edges > 0.35)).astype(np.uint8)
-    obj = cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _disk(5))
+    obj = (_unlike_board(small, board) | (edges > _EDGE)).astype(np.uint8)
+    obj = cv2.morphologyEx(obj, cv2.MORPH_CLOSE, _disk(_CLOSE))
     obj = cv2.morphologyEx(obj, cv2.MORPH_OPEN, _disk(3))
     obj = _fill_holes(obj)
 
@@ -416,9 +448,13 @@ def white_background_mask(rgb: np.ndarray) -> np.ndarray:
     if not 0.03 <= area <= 0.85:
         return ones
     hull = cv2.contourArea(cv2.convexHull(cv2.findNonZero(obj))) / obj.size
-    # Ragged or scattered pieces (white paper or clear film against the board, found only by
-    # their edges and print) would paste as shreds; below 60% of the hull, keep the photo.
-    if area < 0.6 * hull:
+    contours, _ = cv2.findContours(obj, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    roundness = 4 * np.pi * float(obj.sum()) / max(perimeter, 1.0) ** 2  # 1 for a disc
+    # Clear film, white paper and foil against the board come out scattered (low solidity) or
+    # frayed (low roundness: a bottle is ~0.5, a can ~0.8, a holed shred ~0.2) and would paste
+    # as shreds; keep those photos whole. Set by eye on composites of all six classes.
+    if area < 0.75 * hull or roundness < 0.25:
         return ones
 
     core = cv2.resize(cv2.erode(obj, _disk(3)), (w, h), interpolation=cv2.INTER_NEAREST)
@@ -426,8 +462,12 @@ def white_background_mask(rgb: np.ndarray) -> np.ndarray:
     full_board = cv2.resize(board, (w, h), interpolation=cv2.INTER_LINEAR)
     rim = _unlike_board(rgb.astype(np.float32) * np.float32(1 / 255), full_board)
     alpha = (core.astype(bool) | (band.astype(bool) & rim)).astype(np.uint8)
-    alpha = cv2.morphologyEx(alpha, cv2.MORPH_OPEN, _disk(3)).astype(np.float32)
-    return cv2.GaussianBlur(alpha, (0, 0), max(0.7, 0.003 * max(h, w)))
+    # Open drops stray rim pixels; the erosion pulls the edge in by a pixel, because JPEG
+    # smearing tints the first pixel of board next to a coloured object.
+    alpha = cv2.erode(cv2.morphologyEx(alpha, cv2.MORPH_OPEN, _disk(3)), _disk(3))
+    if alpha.mean() < 0.5 * area:  # the rim test ate the object: its colour is the board's
+        return ones
+    return cv2.GaussianBlur(alpha.astype(np.float32), (0, 0), max(0.7, 0.003 * max(h, w)))
 
 
 def _unlike_board(img: np.ndarray, board: np.ndarray) -> np.ndarray:
@@ -436,10 +476,12 @@ def _unlike_board(img: np.ndarray, board: np.ndarray) -> np.ndarray:
     r, g, b = ratio[..., 0], ratio[..., 1], ratio[..., 2]  # numpy reduces a last axis of 3 slowly
     lum = (r + g + b) * np.float32(1 / 3)
     # A shadow scales all three channels alike (a little bluer under daylight); an object's own
-    # colour changes their ratios. 0.15 relative change and 50% darkening were set by eye on
-    # TrashNet shadows, which rarely fall below 60% of the board's brightness.
+    # colour changes their ratios. The 30% channel spread and 50% darkening were set by eye on
+    # TrashNet shadows, which rarely fall below 60% of the board's brightness. Nothing brighter
+    # than the board counts: where the object hides the border ring, the fit is extrapolated and
+    # can undershoot, and a brightness test would then cut out board.
     spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
-    return (spread > 0.3 * np.maximum(lum, 0.2)) | (lum < 0.5) | (lum > 1.2)
+    return (spread > 0.3 * np.maximum(lum, 0.2)) | (lum < 0.5)
 
 
 def _disk(size: int) -> np.ndarray:
@@ -455,15 +497,17 @@ def _fit_board(small: np.ndarray) -> np.ndarray | None:
     on_ring[:, :ring] = on_ring[:, -ring:] = True
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     xs, ys = xs / w - 0.5, ys / h - 0.5
-    basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=-1)
+    # Harmonic terms only (no x^2 + y^2 part): such a surface takes its extremes on the border,
+    # where it was fitted, and cannot invent a dark or bright patch under the object.
+    basis = np.stack([np.ones_like(xs), xs, ys, xs * ys, xs * xs - ys * ys], axis=-1)
     a, b = basis[on_ring], small[on_ring]
     use = np.ones(len(a), bool)
     for _ in range(3):  # refit without the ring pixels the object covers
         if use.sum() < 12:
             return None
-        # Normal equations on a 6x6 system: lstsq's LAPACK call costs ~100x more at this size.
+        # Normal equations on a 5x5 system: lstsq's LAPACK call costs ~100x more at this size.
         au = a[use]
-        coef = np.linalg.solve(au.T @ au + 1e-6 * np.eye(6, dtype=np.float32), au.T @ b[use])
+        coef = np.linalg.solve(au.T @ au + 1e-6 * np.eye(5, dtype=np.float32), au.T @ b[use])
         use = np.abs(a @ coef - b).max(axis=1) < 0.08
     if use.mean() < 0.35:  # most of the border is not board: a close-up or a real-world photo
         return None
@@ -498,7 +542,8 @@ def composite(
 ) -> np.ndarray:
     """The object of ``rgb`` (cut by ``alpha``) placed on ``background``; HxWx3 uint8 of its size.
 
-    The photo is scaled to fit the background times a random 0.6-1.0 and shifted at random;
+    ``rgb`` and ``background`` are HxWx3 uint8, ``alpha`` HxW in [0, 1] at ``rgb``'s size. The
+    photo is scaled to fit the background times a random 0.6-1.0 and shifted at random;
     sides where the object runs off the original frame stay on the canvas edge, so no cut edge
     floats in the middle. A soft, offset drop shadow grounds it, and a global exposure and
     white-balance change makes object and surface look lit by the same (new) light.
@@ -506,16 +551,24 @@ def composite(
     H, W = background.shape[:2]
     h, w = rgb.shape[:2]
     touches = _touching_sides(alpha)
-    spans = (touches["left"] and touches["right"]) or (touches["top"] and touches["bottom"])
-    # An object cut off on two opposite sides cannot shrink without showing the cut.
-    fit = min(W / w, H / h) * (1.0 if spans else rng.uniform(0.6, 1.0))
-    sw, sh = min(W, max(1, round(w * fit))), min(H, max(1, round(h * fit)))
+    fit = min(W / w, H / h) * rng.uniform(0.6, 1.0)
+    # An object cut off on two opposite sides must still reach both canvas edges there, or the
+    # cut would float in mid-picture; the overflow on that axis is cropped away.
+    if touches["left"] and touches["right"]:
+        fit = max(fit, W / w)
+    if touches["top"] and touches["bottom"]:
+        fit = max(fit, H / h)
+    sw, sh = max(1, round(w * fit)), max(1, round(h * fit))
     ox = _offset(W - sw, touches["left"], touches["right"], rng)
     oy = _offset(H - sh, touches["top"], touches["bottom"], rng)
+    # The part of the scaled photo that lands on the canvas, in canvas and in photo coordinates.
+    x0, y0, x1, y1 = max(0, ox), max(0, oy), min(W, ox + sw), min(H, oy + sh)
+    src = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
     canvas_a = np.zeros((H, W), np.float32)
-    canvas_a[oy : oy + sh, ox : ox + sw] = cv2.resize(alpha.astype(np.float32), (sw, sh))
+    canvas_a[y0:y1, x0:x1] = cv2.resize(alpha.astype(np.float32), (sw, sh))[src]
     canvas_o = np.zeros_like(background)
-    canvas_o[oy : oy + sh, ox : ox + sw] = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+    interpolation = cv2.INTER_AREA if fit < 1 else cv2.INTER_LINEAR
+    canvas_o[y0:y1, x0:x1] = cv2.resize(rgb, (sw, sh), interpolation=interpolation)[src]
 
     out = background
     if shadow:
@@ -525,7 +578,9 @@ def composite(
         dist = rng.uniform(0.01, 0.05) * max(qw, qh)
         angle = rng.uniform(0, 2 * np.pi)
         shift = np.float32([[1, 0, dist * np.cos(angle)], [0, 1, dist * np.sin(angle)]])
-        shade = cv2.warpAffine(cv2.resize(canvas_a, (qw, qh), interpolation=cv2.INTER_AREA), shift, (qw, qh))
+        shade = cv2.warpAffine(
+            cv2.resize(canvas_a, (qw, qh), interpolation=cv2.INTER_AREA), shift, (qw, qh)
+        )
         shade = cv2.GaussianBlur(shade, (0, 0), rng.uniform(0.01, 0.035) * max(qw, qh) + 0.5)
         dark = cv2.resize(shade, (W, H)) * np.float32(rng.uniform(0.25, 0.55))
         # blendLinear computes (w1*a + w2*b) / (w1 + w2) in C on uint8: here (1 - dark) * out.
@@ -549,8 +604,15 @@ def _touching_sides(alpha: np.ndarray, level: float = 0.5) -> dict[str, bool]:
 
 
 def _offset(room: int, low: bool, high: bool, rng: np.random.Generator) -> int:
-    """Where along one axis to put the scaled photo, keeping cut-off sides on the canvas edge."""
-    if room <= 0 or low:
+    """Where along one axis the scaled photo starts; ``room`` is canvas minus photo size.
+
+    A photo larger than the canvas (negative room) is cropped, which keeps any cut-off side at
+    or beyond the canvas edge; a smaller one is pushed against the sides its object was cut off
+    at in the original photo.
+    """
+    if room < 0:
+        return int(rng.integers(room, 1))
+    if low:
         return 0
     if high:
         return room
@@ -562,18 +624,20 @@ class BackgroundAugment:
 
     Photos that are not an object on a light board (the mask falls back to all ones), such as
     real-world photos or frame-filling close-ups, pass through unchanged. Picklable, so it runs
-    in DataLoader workers; each worker draws its own random stream unless ``seed`` is given,
-    in which case a fresh instance with the same seed produces the same sequence of outputs.
+    in DataLoader workers. With a ``seed``, a fresh instance produces the same sequence of
+    outputs; inside a DataLoader worker the worker's torch seed is mixed in, so workers and
+    epochs draw different backgrounds while ``torch.manual_seed`` still makes a run repeatable.
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
         self.p = p
         self.seed = seed
         self._rng: np.random.Generator | None = None
+        self._pid = 0
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        if self._rng is None:
-            self._rng = np.random.default_rng(self.seed)
+        if self._rng is None or self._pid != os.getpid():  # new, unpickled, or forked
+            self._rng, self._pid = self._new_stream(), os.getpid()
         rng = self._rng
         if rng.random() >= self.p:
             return image
@@ -585,9 +649,19 @@ class BackgroundAugment:
         background = make_background((w, h), rng, split="train")
         return Image.fromarray(composite(rgb, alpha, background, rng))
 
+    def _new_stream(self) -> np.random.Generator:
+        entropy = [] if self.seed is None else [self.seed]
+        # Only a DataLoader worker has torch's data module loaded and worker info set; checking
+        # sys.modules avoids importing torch for plain use.
+        data = sys.modules.get("torch.utils.data")
+        info = data.get_worker_info() if data is not None else None
+        if info is not None:
+            entropy.append(info.seed % 2**63)
+        return np.random.default_rng(entropy or None)
+
     def __getstate__(self) -> dict:
-        # Each unpickled copy (one per DataLoader worker) starts its own stream from ``seed``.
-        return {"p": self.p, "seed": self.seed, "_rng": None}
+        # Each unpickled copy (one per DataLoader worker) starts its own stream.
+        return {"p": self.p, "seed": self.seed, "_rng": None, "_pid": 0}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p}, seed={self.seed})"
