@@ -187,11 +187,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses any global it does not know: that is a pickle that wants to run code.
-        reason = (
-            str(exc).splitlines()[0]
-            if "GLOBAL" in str(exc) or "global" in str(exc)
-            else "not a checkpoint"
-        )
+        # Quote the line naming that global: PyTorch's first line suggests weights_only=False.
+        named = [line.strip() for line in str(exc).splitlines() if "global" in line.lower()]
+        reason = named[0] if named else "not a checkpoint"
         raise CheckpointError(
             f"{name}: refused, the file holds code or objects a model file must not ({reason[:200]})"
         ) from None
