@@ -220,8 +220,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             versions=dict(data.get("versions", {})),
             path=name,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{name}: checkpoint is missing or has bad fields ({exc})") from None
+    if not all(isinstance(v, torch.Tensor) for v in ckpt.state_dict.values()):
+        raise CheckpointError(f"{name}: the weights are not all tensors")
     if ckpt.arch not in ARCHS:
         raise CheckpointError(f"{name}: unknown architecture {ckpt.arch!r}")
     if (
@@ -231,7 +233,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     ):
         raise CheckpointError(f"{name}: class list must hold at least two distinct names")
     head = ckpt.state_dict.get(f"{head_name(ckpt.arch)}.weight")
-    if head is None or head.shape[0] != len(ckpt.classes):
+    if head is None or head.ndim != 2 or head.shape[0] != len(ckpt.classes):
         raise CheckpointError(
             f"{name}: the model's head does not match its {len(ckpt.classes)} classes"
         )
