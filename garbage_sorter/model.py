@@ -10,6 +10,7 @@ calibration, the training config, metrics and library versions.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import pickle
 import platform
@@ -224,6 +225,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{name}: checkpoint is missing or has bad fields ({exc})") from None
     if not all(isinstance(v, torch.Tensor) for v in ckpt.state_dict.values()):
         raise CheckpointError(f"{name}: the weights are not all tensors")
+    # NaN anywhere makes every answer "the first class" with NaN confidence, never "unsure".
+    if not all(math.isfinite(v) for v in (*ckpt.preprocessing.mean, *ckpt.preprocessing.std)):
+        raise CheckpointError(f"{name}: preprocessing mean and std must be finite numbers")
+    if any(v.is_floating_point() and not torch.isfinite(v).all() for v in ckpt.state_dict.values()):
+        raise CheckpointError(f"{name}: the weights hold NaN or infinity (a diverged training?)")
     if ckpt.arch not in ARCHS:
         raise CheckpointError(f"{name}: unknown architecture {ckpt.arch!r}")
     if (
@@ -241,6 +247,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     ckpt.calibration.setdefault("threshold", 0.0)
     if not ckpt.calibration["temperature"] > 0:
         raise CheckpointError(f"{name}: calibration temperature must be positive")
+    if not all(math.isfinite(v) for v in ckpt.calibration.values()):
+        raise CheckpointError(f"{name}: calibration values must be finite numbers")
     return ckpt
 
 
