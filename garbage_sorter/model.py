@@ -190,9 +190,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         # weights_only refuses any global it does not know: that is a pickle that wants to run code.
         # Quote the line naming that global: PyTorch's first line suggests weights_only=False.
         named = [line.strip() for line in str(exc).splitlines() if "global" in line.lower()]
-        reason = named[0] if named else "not a checkpoint"
+        if not named:  # random bytes, a damaged file or a pickle torch cannot read: no verdict
+            raise CheckpointError(
+                f"{name}: not a readable model file (not a PyTorch checkpoint)"
+            ) from None
         raise CheckpointError(
-            f"{name}: refused, the file holds code or objects a model file must not ({reason[:200]})"
+            f"{name}: refused, the file holds code or objects a model file must not ({named[0][:200]})"
         ) from None
     except (
         RuntimeError,
