@@ -206,8 +206,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         KeyError,
         IndexError,
     ) as exc:
+        # An empty file's EOFError has no message at all.
+        reason = (str(exc).splitlines() or ["the file ends too soon"])[0]
         raise CheckpointError(
-            f"{name}: not a readable model file (corrupt or truncated: {str(exc).splitlines()[0][:160]})"
+            f"{name}: not a readable model file (corrupt or truncated: {reason[:160]})"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{name}: not a Garbage Sorter checkpoint (no '{FORMAT}' marker)")
