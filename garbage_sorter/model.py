@@ -10,6 +10,7 @@ calibration, the training config, metrics and library versions.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import math
 import os
 import pickle
@@ -171,7 +172,11 @@ def save_checkpoint(
         "state_dict": state,
         **(extra or {}),
     }
-    atomic_save(path, lambda handle: torch.save(data, handle))
+    # Serialise in memory first: torch.save turns a failing write (a full disk) into an opaque
+    # "enforce fail at inline_container.cc"; writing the bytes ourselves gives the OSError.
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    atomic_save(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
