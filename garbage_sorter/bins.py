@@ -22,9 +22,7 @@ A region file looks like::
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -34,10 +32,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import platformdirs
+from .storage import atomic_write, config_dir
 
 CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
-CONFIG_DIR_ENV = "GARBAGE_SORTER_CONFIG_DIR"
 DEFAULT_REGION = "default"
 
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
@@ -78,12 +75,6 @@ class Region:
     def bin_for(self, label: str) -> Bin:
         """The bin for ``label``; a generic "Check local rules" bin for a label with no rule."""
         return self.bins.get(label.strip().lower(), UNKNOWN_BIN)
-
-
-def config_dir() -> Path:
-    """The directory holding ``settings.json`` and the user's ``bins/*.toml``."""
-    override = os.environ.get(CONFIG_DIR_ENV)
-    return Path(override) if override else Path(platformdirs.user_config_dir("garbage-sorter"))
 
 
 def load_regions(user_dir: Path | None = None) -> dict[str, Region]:
@@ -146,7 +137,7 @@ def save_region(region_id: str) -> None:
     get_region(region_id)
     settings = _read_settings()
     settings["region"] = region_id
-    _write_atomically(config_dir() / "settings.json", json.dumps(settings, indent=2) + "\n")
+    atomic_write(config_dir() / "settings.json", json.dumps(settings, indent=2) + "\n")
 
 
 def _check(data: dict[str, Any], filename: str, default_id: str | None = None) -> dict[str, Any]:
@@ -218,22 +209,3 @@ def _read_settings() -> dict[str, Any]:
     return settings if isinstance(settings, dict) else {}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as tmp:
-        try:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    try:
-        os.replace(tmp.name, path)
-    except BaseException:
-        os.unlink(tmp.name)
-        raise

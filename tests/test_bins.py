@@ -16,7 +16,7 @@ REQUIRED = {"default", "us", "uk", "de", "it", "au", "jp"}
 @pytest.fixture(autouse=True)
 def config_dir(tmp_path, monkeypatch):
     """Every test gets an empty config dir, never the developer's own."""
-    monkeypatch.setenv(bins.CONFIG_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("GARBAGE_SORTER_CONFIG_DIR", str(tmp_path))
     return tmp_path
 
 

@@ -17,9 +17,7 @@ import csv
 import hashlib
 import io
 import math
-import os
 import random
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from garbage_sorter.storage import atomic_write
 
 KAGGLE_HANDLE = "asdasdasasdas/garbage-classification"
 SPLIT_NAMES = ("train", "val", "test")
@@ -525,20 +525,7 @@ def save_split(splits: dict[str, Sequence[Sample]], directory: Path) -> None:
             if any(c in f for f in fields for c in "\t\n\r"):
                 raise ValueError(f"Cannot save a sample with a tab or line break in it: {s}")
             lines.append("\t".join(fields) + "\n")
-        _write_atomically(directory / f"{name}.txt", "".join(lines))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        atomic_write(directory / f"{name}.txt", "".join(lines))
 
 
 def load_split(directory: Path) -> dict[str, list[Sample]]:
