@@ -93,3 +93,20 @@ def test_help_and_version():
     for sub in ("app", "classify", "evaluate", "web", "train", "export"):
         assert sub in proc.stdout
     assert run_cli("--version").returncode == 0
+
+
+def test_uncertain_answers_say_not_sure(tmp_path, photos):
+    """Below the calibrated threshold the JSON says "uncertain" and the table does not assert a bin."""
+    from garbage_sorter.classifier import UNSURE_MESSAGE
+    from garbage_sorter.model import build_model, save_checkpoint
+    from garbage_sorter.presets import default_preprocessing
+
+    model = tmp_path / "unsure.pt"
+    save_checkpoint(model, build_model("efficientnet_lite0", len(CLASSES)), arch="efficientnet_lite0",
+                    classes=CLASSES, preprocessing=default_preprocessing("efficientnet_lite0"),
+                    calibration={"temperature": 1.0, "threshold": 0.99})
+    proc = run_cli("classify", "--json", "--model", str(model), str(photos[0]))
+    answer = json.loads(proc.stdout)
+    assert answer["uncertain"] is True and answer["label"] in CLASSES
+    table = run_cli("classify", "--model", str(model), str(photos[0]))
+    assert UNSURE_MESSAGE in table.stdout
