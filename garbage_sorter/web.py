@@ -49,7 +49,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
         """Class probabilities of one photo (the public ``/predict`` endpoint)."""
         image = _uploaded_path(upload)
         if image is None:
-            raise gr.Error("Send a photo.")
+            raise _user_error("Send a photo.")
         return _classify(classifier, image, crop=None).probabilities
 
     def show(upload: dict | None, region_id: str, isolate: bool):
@@ -74,7 +74,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
     def explain(upload: dict | None, isolate: bool):
         image = _uploaded_path(upload)
         if image is None:
-            raise gr.Error("Upload a photo first.")
+            raise _user_error("Upload a photo first.")
         from .explain import gradcam
 
         try:
@@ -84,7 +84,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
                 pil = pil.crop(box) if box else pil
             overlay = gradcam(classifier, pil).overlay()
         except ImageLoadError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _user_error(f"That file cannot be used: {exc}.") from None
         return gr.update(value=overlay, visible=True)
 
     region_choices = [(region.title, region_id) for region_id, region in regions.items()]
@@ -199,13 +199,23 @@ def serve(
             footer_links=["api", "settings"],
             run_history=False,  # a shared kiosk browser must not keep earlier users' photos
             show_error=False,
-            quiet=False,
+            prevent_thread_lock=True,
         )
     except OSError as exc:  # the port is taken, or the host cannot be bound
         print(f"garbage-sorter: cannot serve on {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
+    except ValueError as exc:
+        # After starting the server, Gradio fetches its own page once with a 3-second timeout
+        # and gives up if that fails: on a slow or busy machine, or with an HTTP proxy set in the
+        # environment, it does though the server is up. Keep serving then.
+        if "localhost is not accessible" not in str(exc) or not demo.is_running:
+            raise
+        print(
+            "warning: the page did not answer Gradio's start-up check (a busy machine, or an HTTP "
+            f"proxy for localhost?); serving on http://{host}:{port}/ anyway",
+            file=sys.stderr,
+        )
+    demo.block_thread()  # returns on Ctrl+C, after closing the server
     return 0
 
 
@@ -221,7 +231,7 @@ def _uploaded_path(payload: dict | None) -> str | None:
         return None
     path = payload.get("path") if isinstance(payload, dict) else None
     if not path:
-        raise gr.Error("No photo was received; try uploading it again.")
+        raise _user_error("No photo was received; try uploading it again.")
     return path
 
 
@@ -229,7 +239,12 @@ def _classify(classifier: Classifier, image: str, crop: bool | None) -> Predicti
     try:
         return classifier.predict(image, crop=crop)
     except ImageLoadError as exc:
-        raise gr.Error(f"That file cannot be used: {exc}.") from None
+        raise _user_error(f"That file cannot be used: {exc}.") from None
+
+
+def _user_error(message: str) -> gr.Error:
+    """An error shown to the person; not logged with a traceback, since it is not the server's."""
+    return gr.Error(html.escape(message), print_exception=False)
 
 
 def _bin_card(prediction: Prediction, region: Region) -> str:
