@@ -294,7 +294,10 @@ def _web(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .onnx_runtime import export_onnx, quantize_int8
+    try:
+        from .onnx_runtime import export_onnx, quantize_int8
+    except ImportError:
+        raise _Failure("export is not available in this version yet (ONNX export, issue 7)", 2) from None
 
     clf = _load_classifier(args, region=None)
     out = Path(args.onnx)
