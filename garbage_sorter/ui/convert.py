@@ -20,6 +20,14 @@ def pil_to_qimage(image: Image.Image, max_side: int | None = None) -> QImage:
     return array_to_qimage(np.asarray(rgb))
 
 
+def thumbnail_qimage(image: Image.Image, side: int = THUMBNAIL_SIDE) -> QImage:
+    """A square thumbnail (centre crop), so every history entry lines up."""
+    w, h = image.size
+    short = min(w, h)
+    box = ((w - short) // 2, (h - short) // 2, (w - short) // 2 + short, (h - short) // 2 + short)
+    return pil_to_qimage(image.resize((side, side), Image.Resampling.BILINEAR, box=box))
+
+
 def array_to_qimage(pixels: np.ndarray, bgr: bool = False) -> QImage:
     """A QImage owning a copy of an HxWx3 uint8 array (RGB, or BGR as OpenCV delivers)."""
     pixels = np.ascontiguousarray(pixels)

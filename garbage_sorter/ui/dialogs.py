@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +131,21 @@ class RetrainDialog(QDialog):
         layout.addWidget(self.log)
         layout.addWidget(self.summary)
 
-        self.buttons = QDialogButtonBox()
-        self.start_button = self.buttons.addButton("Start training", QDialogButtonBox.ButtonRole.AcceptRole)
-        self.use_button = self.buttons.addButton("Use this model", QDialogButtonBox.ButtonRole.ApplyRole)
-        self.cancel_button = self.buttons.addButton("Cancel training", QDialogButtonBox.ButtonRole.DestructiveRole)
-        self.close_button = self.buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start training")
+        self.cancel_button = QPushButton("Cancel training")
+        self.use_button = QPushButton("Use this model")
+        self.close_button = QPushButton("Close")
         self.start_button.clicked.connect(self.start)
-        self.use_button.clicked.connect(self._on_use_clicked)
         self.cancel_button.clicked.connect(self.cancel)
+        self.use_button.clicked.connect(self._on_use_clicked)
         self.close_button.clicked.connect(self.close)
-        layout.addWidget(self.buttons)
+        for button in (self.start_button, self.cancel_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.use_button)
+        buttons.addWidget(self.close_button)
+        layout.addLayout(buttons)
         self._set_running(False)
         self.use_button.hide()
 
@@ -244,6 +250,7 @@ class RetrainDialog(QDialog):
         self.stage.setText("Done. The current model stays in use until you choose the new one.")
         self.eta.setText("")
         self.use_button.show()
+        self.use_button.setDefault(True)
 
     def _on_cancelled(self) -> None:
         self.stage.setText("Cancelled. The current model is still in use, unchanged on disk.")
@@ -252,7 +259,7 @@ class RetrainDialog(QDialog):
     def _on_failed(self, message: str) -> None:
         self.stage.setText("Training failed; the current model is still in use.")
         self.eta.setText("")
-        self.summary.setText(f'<span style="color:#b71c1c">{_escape(message)}</span>')
+        self.summary.setText(f'<span style="color:#b71c1c">{html.escape(message)}</span>')
 
     def _on_worker_finished(self) -> None:
         if self.sender() is not self.worker:
@@ -296,10 +303,6 @@ class RetrainDialog(QDialog):
 
     def reject(self) -> None:
         self.close()
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class ModelCardDialog(QDialog):

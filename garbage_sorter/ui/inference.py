@@ -9,6 +9,7 @@ Jobs go first: a user waiting for their photos matters more than one more previe
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import os
 import sys
@@ -29,10 +30,10 @@ from garbage_sorter.images import ImageLoadError, load_image
 
 from .convert import (
     DISPLAY_MAX_SIDE,
-    THUMBNAIL_SIDE,
     mask_overlay,
     pil_to_qimage,
     qimage_to_array,
+    thumbnail_qimage,
 )
 
 _ids = itertools.count(1)
@@ -200,7 +201,7 @@ def classify(classifier, job: Job) -> Result:
         prediction=prediction,
         image=image,
         display=display,
-        thumbnail=None if job.live else pil_to_qimage(image, THUMBNAIL_SIDE),
+        thumbnail=None if job.live else thumbnail_qimage(image),
         mask=mask_overlay(mask, (display.width(), display.height())) if mask is not None else None,
         live=job.live,
     )
@@ -220,7 +221,12 @@ def load_classifier(path: str | None, device: str, region: str | None):
 
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    return Classifier.load(path, device=device, region=region)
+    classifier = Classifier.load(path, device=device, region=region)
+    # torch, Qt and the model are some 200,000 objects that live as long as the app. A full
+    # garbage collection walks them all (100-300 ms with the GIL held: the window freezes); frozen,
+    # they are left out of every later collection.
+    gc.freeze()
+    return classifier
 
 
 def explain(classifier, result: Result) -> tuple[int, QImage]:

@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-ACCENT = "#2e7d32"
 NEUTRAL_BIN = "#9e9e9e"
 
 

@@ -442,7 +442,8 @@ class MainWindow(QMainWindow):
         self.results[result.job_id] = result
         pred = result.prediction
         for dropped in self.history.add_result(
-                result.job_id, result.thumbnail, f"{pred.label.capitalize()} · {pred.confidence:.0%}",
+                result.job_id, result.thumbnail,
+                f"{pred.label.capitalize()}{'?' if pred.uncertain else ''} · {pred.confidence:.0%}",
                 f"{time.strftime('%H:%M:%S', time.localtime(result.when))} · {result.source}",
                 replaces=replaced):
             self.results.pop(dropped, None)
