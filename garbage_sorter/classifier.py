@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .bins import Bin, Region, get_region
-from .images import load_image
+from .images import ImageLoadError, load_image
 from .model import Checkpoint, load_checkpoint
 from .presets import EvalTransform
 
@@ -110,10 +110,21 @@ class Classifier:
     ) -> Classifier:
         """Open ``path`` (default: the bundled model).
 
+        A ``.onnx`` file written by ``garbage-sorter export --onnx`` runs in ONNX Runtime on the
+        CPU: the faster path on a CPU (see ``bench/latency.py``).
+
         Raises:
             CheckpointError: the file is missing, corrupt, foreign or inconsistent.
+            ValueError: a CUDA device was asked for an ONNX model.
         """
-        return cls(load_checkpoint(path or bundled_model_path()), device, region, isolation)
+        path = path or bundled_model_path()
+        if Path(path).suffix.lower() == ".onnx":
+            from .onnx_runtime import load_onnx_checkpoint
+
+            if device not in ("auto", "cpu"):
+                raise ValueError("an ONNX model runs on the CPU; use the .pt checkpoint on a GPU")
+            return cls(load_onnx_checkpoint(path), "cpu", region, isolation)
+        return cls(load_checkpoint(path), device, region, isolation)
 
     @property
     def name(self) -> str:
@@ -163,6 +174,51 @@ class Classifier:
                 self._prediction(p, box, each) for p, box in zip(probs, boxes, strict=True)
             ]
         return predictions
+
+    def predict_paths(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        crop: bool | None = None,
+        batch_size: int = 16,
+        tta: bool = False,
+    ) -> Iterator[Prediction | ImageLoadError]:
+        """Classify files in order: a ``Prediction``, or the ``ImageLoadError`` of a file that
+        does not load, for each path.
+
+        A worker thread decodes and preprocesses the next batch while the network runs this one
+        (PIL and numpy release the GIL), which makes a folder faster (``bench/folder_throughput.py``).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def prepare(chunk):
+            items = []
+            for path in chunk:
+                try:
+                    pil, box = self._prepare(path, crop, "RGB")
+                    items.append((self.transform(pil), box))
+                except ImageLoadError as exc:
+                    items.append(exc)
+            return items
+
+        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            ahead = pool.submit(prepare, chunks[0]) if chunks else None
+            for i in range(len(chunks)):
+                t0 = time.perf_counter()
+                items = ahead.result()
+                if i + 1 < len(chunks):
+                    ahead = pool.submit(prepare, chunks[i + 1])
+                loaded = [item for item in items if not isinstance(item, ImageLoadError)]
+                if loaded:
+                    tensors, boxes = zip(*loaded, strict=True)
+                    probs = self.probabilities(tensors)
+                    if tta:
+                        probs = (probs + self.probabilities([t.flip(-1) for t in tensors])) / 2
+                    each = (time.perf_counter() - t0) / len(loaded)
+                    done = (self._prediction(p, b, each) for p, b in zip(probs, boxes, strict=True))
+                for item in items:
+                    yield item if isinstance(item, ImageLoadError) else next(done)
 
     def probabilities(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
         """Calibrated class probabilities for preprocessed tensors, shape (N, classes)."""

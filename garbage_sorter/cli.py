@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--int8", action="store_true", help="also quantise it to int8 (OUT with .int8.onnx)"
     )
+    export.add_argument(
+        "--calibration",
+        metavar="PATH",
+        help="photos to calibrate --int8 on: a folder, or a split file/folder written by train "
+        "(default: the model's training photos, when on this machine)",
+    )
     return parser
 
 
@@ -305,7 +311,10 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     if args.int8:
         q = out.with_suffix(".int8.onnx")
-        quantize_int8(out, q)
+        try:
+            quantize_int8(out, q, args.calibration)
+        except ValueError as exc:  # no calibration photos
+            raise _Failure(str(exc), 2) from None
         print(f"wrote {q}")
     return 0
 

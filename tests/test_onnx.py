@@ -1,0 +1,154 @@
+"""ONNX export and ONNX Runtime: the exported model answers like PyTorch, int8 nearly so.
+
+A real model: EfficientNet-Lite0 with its ImageNet backbone and a fresh six-class head, at
+112 px so export and calibration take seconds; real photos from tests/fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import CLASSES, FIXTURE_PHOTOS
+
+from garbage_sorter.classifier import Classifier
+from garbage_sorter.model import CheckpointError, build_model, save_checkpoint
+from garbage_sorter.onnx_runtime import export_onnx, quantize_int8, read_metadata
+from garbage_sorter.presets import LITE_MEAN, LITE_STD, Preprocessing
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One PyTorch thread here: on a machine shared with other jobs, two threads that must meet
+    at every operator wait for each other's time slices (export took minutes instead of seconds)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("onnx") / "lite0.pt"
+    save_checkpoint(
+        path,
+        build_model("efficientnet_lite0", len(CLASSES), "imagenet"),
+        arch="efficientnet_lite0",
+        classes=CLASSES,
+        preprocessing=Preprocessing(128, 112, LITE_MEAN, LITE_STD),
+        calibration={"temperature": 1.5, "threshold": 0.3},
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(small_model):
+    fp32 = small_model.with_suffix(".onnx")
+    int8 = small_model.with_suffix(".int8.onnx")
+    export_onnx(small_model, fp32)
+    quantize_int8(fp32, int8, FIXTURE_PHOTOS)
+    return fp32, int8
+
+
+def test_onnx_answers_like_pytorch(small_model, exported, photos):
+    torch_clf = Classifier.load(small_model, device="cpu")
+    onnx_clf = Classifier.load(exported[0])
+    assert onnx_clf.classes == torch_clf.classes
+    assert onnx_clf.checkpoint.preprocessing == torch_clf.checkpoint.preprocessing
+    assert (onnx_clf.temperature, onnx_clf.threshold) == (1.5, 0.3)
+    want = torch_clf.predict_batch(photos)
+    got = onnx_clf.predict_batch(photos)
+    assert [p.label for p in got] == [p.label for p in want]
+    for g, w in zip(got, want, strict=True):
+        assert np.allclose(
+            list(g.probabilities.values()), list(w.probabilities.values()), atol=1e-4
+        )
+        assert g.uncertain == w.uncertain
+
+
+def test_int8_agrees_on_most_photos(exported, photos):
+    fp32, int8 = (Classifier.load(p) for p in exported)
+    assert "int8" in read_metadata(exported[1])["quantization"]
+    assert int8.checkpoint.classes == fp32.checkpoint.classes
+    want = fp32.predict_batch(photos)
+    got = int8.predict_batch(photos)
+    agree = np.mean([g.label == w.label for g, w in zip(got, want, strict=True)])
+    gap = np.mean(
+        [
+            abs(g.probabilities[c] - w.probabilities[c])
+            for g, w in zip(got, want, strict=True)
+            for c in CLASSES
+        ]
+    )
+    assert agree >= 0.75, f"int8 agrees with fp32 on only {agree:.0%} of the photos"
+    assert gap < 0.05
+
+
+def test_int8_file_is_smaller(exported):
+    fp32, int8 = exported
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+
+
+def test_quantize_without_photos_says_what_to_give(exported, tmp_path):
+    with pytest.raises(ValueError, match="calibration photos"):
+        quantize_int8(exported[0], tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_foreign_and_broken_onnx_files_are_refused(tmp_path, exported):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+        Classifier.load(junk)
+    bare = onnx.load(str(exported[0]))
+    del bare.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(bare, str(plain))
+    with pytest.raises(CheckpointError, match="without Garbage Sorter metadata"):
+        Classifier.load(plain)
+    with pytest.raises(CheckpointError, match="no such model file"):
+        Classifier.load(tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Classifier.load(exported[0], device="cuda")
+
+
+@pytest.mark.slow
+def test_cli_exports_and_classifies_with_the_int8_file(small_model, tmp_path, photos):
+    out = tmp_path / "model.onnx"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "garbage_sorter", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+    done = cli(
+        "export",
+        "--model",
+        str(small_model),
+        "--onnx",
+        str(out),
+        "--int8",
+        "--calibration",
+        str(FIXTURE_PHOTOS),
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.exists() and out.with_suffix(".int8.onnx").exists()
+    done = cli("classify", "--model", str(out.with_suffix(".int8.onnx")), "--json", str(photos[0]))
+    assert done.returncode == 0, done.stderr
+    assert '"label"' in done.stdout
+    done = cli("export", "--model", str(small_model), "--onnx", str(tmp_path / "b.onnx"), "--int8")
+    assert done.returncode == 2
+    assert "calibration photos" in done.stderr and "Traceback" not in done.stderr
