@@ -1,0 +1,160 @@
+"""Single-image latency, file on disk to class probabilities: a naive script against the project.
+
+    python bench/latency.py [--archs resnet18 efficientnet_lite0] [--threads 1 2] [--rounds 100]
+
+Cases, interleaved photo by photo in one process, on the same weights:
+
+- naive: what a typical fine-tuning script does: ``PIL.Image.open``, torchvision
+  ``Resize/CenterCrop/ToTensor/Normalize``, the eager fp32 model under ``no_grad``;
+- project: ``Classifier.predict(path)`` (JPEG draft decoding, numpy preprocessing,
+  channels_last fp32 under ``inference_mode``);
+- onnx fp32 / onnx int8: the same ``Classifier`` on the files ``garbage-sorter export --onnx
+  [--int8]`` writes, run by ONNX Runtime.
+
+Each runs on TrashNet's 341x256 photos and on the same photos as 2000x1500 JPEGs, at each
+thread count (PyTorch intra-op threads; ONNX Runtime intra-op threads). Prints one Markdown table
+per architecture with the median, the 95th percentile, and the median as a fraction of naive's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import (
+    ARCH_NAMES,
+    PHOTOS,
+    command_line,
+    interleave,
+    machine_line,
+    make_checkpoint,
+    median,
+    onnx_files,
+    p95,
+    photo_files,
+    set_torch_threads,
+    table,
+    upscaled,
+)
+
+BACKENDS = ("naive", "project", "onnx fp32", "onnx int8")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--archs", nargs="+", default=["resnet18", "efficientnet_lite0"], choices=sorted(ARCH_NAMES)
+    )
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--rounds", type=int, default=100, help="timed calls per case")
+    p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos (recursive)")
+    p.add_argument(
+        "--distinct", type=int, default=20, help="different photos the calls cycle through"
+    )
+    p.add_argument("--calibration", type=int, default=64, help="photos to calibrate int8 on")
+    p.add_argument(
+        "--large", default="2000x1500", help="size of the large-photo case; 'none' skips it"
+    )
+    p.add_argument(
+        "--work", type=Path, help="folder for models and photos (default: a temporary one)"
+    )
+    return p
+
+
+def naive_pipeline(checkpoint_path: Path):
+    """PIL + torchvision transforms + eager fp32 model, as a fine-tuning tutorial writes it."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from garbage_sorter.model import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_path)
+    prep = ckpt.preprocessing
+    model = ckpt.build()
+    transform = T.Compose(
+        [
+            T.Resize(prep.resize),
+            T.CenterCrop(prep.crop),
+            T.ToTensor(),
+            T.Normalize(prep.mean, prep.std),
+        ]
+    )
+
+    def predict(path: Path):
+        image = Image.open(path).convert("RGB")
+        with torch.no_grad():
+            return torch.softmax(model(transform(image).unsqueeze(0)), dim=1)[0].numpy()
+
+    return predict
+
+
+def run(args: argparse.Namespace, work: Path) -> str:
+    from PIL import Image
+
+    from garbage_sorter.classifier import Classifier
+    from garbage_sorter.onnx_runtime import load_onnx_checkpoint
+
+    files = photo_files(args.photos, args.distinct + args.calibration)
+    timed, calibration = files[::2][: args.distinct], files[1::2][: args.calibration]
+    sizes = {Image.open(p).size for p in timed}
+    sets = {"x".join(map(str, sizes.pop())) if len(sizes) == 1 else "original": timed}
+    if args.large != "none":
+        w, h = (int(v) for v in args.large.split("x"))
+        sets[args.large] = upscaled(timed, work / f"photos-{args.large}", (w, h))
+    out = [f"Command: {command_line()}", "", f"Machine: {machine_line()}", ""]
+    for arch in args.archs:
+        ckpt = make_checkpoint(arch, work)
+        fp32, int8 = onnx_files(ckpt, calibration)
+        cases = {}
+        for n in args.threads:
+            runners = {
+                "naive": naive_pipeline(ckpt),
+                "project": Classifier.load(ckpt, device="cpu").predict,
+                "onnx fp32": Classifier(load_onnx_checkpoint(fp32, threads=n), "cpu").predict,
+                "onnx int8": Classifier(load_onnx_checkpoint(int8, threads=n), "cpu").predict,
+            }
+            for size, paths in sets.items():
+                for backend, fn in runners.items():
+                    name = (backend, size, n)
+                    cases[name] = lambda r, fn=fn, paths=paths: fn(paths[r % len(paths)])
+        # A case's name ends with its thread count.
+        times = interleave(cases, args.rounds, before=lambda name: set_torch_threads(name[-1]))
+        rows = []
+        for size in sets:
+            for n in args.threads:
+                base = median(times[("naive", size, n)])
+                for backend in BACKENDS:
+                    t = times[(backend, size, n)]
+                    rows.append(
+                        [
+                            size,
+                            n,
+                            backend,
+                            f"{median(t) * 1e3:.1f}",
+                            f"{p95(t) * 1e3:.1f}",
+                            f"{median(t) / base:.2f}",
+                        ]
+                    )
+        out += [
+            f"**{ARCH_NAMES[arch]}**, single image, file to probabilities "
+            f"({args.rounds} calls per case over {len(timed)} photos, interleaved)",
+            "",
+            table(["photo", "threads", "pipeline", "median ms", "p95 ms", "vs naive"], rows),
+            "",
+        ]
+    return "\n".join(out)
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(run(args, args.work))
+    else:
+        with tempfile.TemporaryDirectory(prefix="gs-latency-") as tmp:
+            print(run(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
