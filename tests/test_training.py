@@ -63,9 +63,11 @@ def test_head_mode_reuses_a_backbone_and_writes_a_usable_model(tiny_dataset, tin
     assert ckpt.calibration["temperature"] > 0
     proc = cli("evaluate", "--json", "--model", str(result.best), str(out / "splits"))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["n"] == len(
-        (out / "splits" / "test.txt").read_text().splitlines()
-    )
+    evaluated = json.loads(proc.stdout)
+    assert evaluated["n"] == len((out / "splits" / "test.txt").read_text().splitlines())
+    # The run scores its test photos with the head on cached features; the whole network run
+    # over the same photos by `evaluate` must agree.
+    assert evaluated["accuracy"] == pytest.approx(ckpt.metrics["test"]["acc"], abs=1e-9)
     # A second run hits the feature cache: no feature progress at all.
     again = []
     main(

@@ -282,7 +282,8 @@ def cached_features(
             for images, _ in loader:
                 if should_stop():
                     raise Cancelled()
-                feats = features_of(model, arch, norm(images.to(device))).float().cpu().numpy()
+                x = norm(images.to(device)).contiguous(memory_format=torch.channels_last)
+                feats = features_of(model, arch, x).float().cpu().numpy()
                 for f in feats:
                     cache[keys[todo[done]]] = f.astype(np.float16)
                     done += 1
@@ -598,24 +599,19 @@ def main(
 
     history: list[dict[str, Any]] = []
     if config.mode == "head" or config.linear_probe_epochs > 0:
-        model = model.to(device)
+        model = model.to(device, memory_format=torch.channels_last)
         model_key = _model_key(arch, weights, prep)
-        feats = {
-            name: cached_features(
-                model,
-                arch,
-                model_key,
-                splits[name],
-                prep,
-                device,
-                config.batch_size * 2,
-                report,
-                stop,
-            )
-            for name in ("train", "val")
-        }
+        # Head mode also caches the test photos' features: calibration and the test report then
+        # run the trained head on cached features instead of the whole network again.
+        parts = ("train", "val", "test") if config.mode == "head" else ("train", "val")
+        every = [s for name in parts for s in splits[name]]
+        stacked = cached_features(
+            model, arch, model_key, every, prep, device, config.batch_size * 2, report, stop
+        )
+        bounds = np.cumsum([0] + [len(splits[name]) for name in parts])
+        feats = {name: stacked[bounds[k] : bounds[k + 1]] for k, name in enumerate(parts)}
         index = {c: i for i, c in enumerate(classes)}
-        ys = {name: np.array([index[s.label] for s in splits[name]]) for name in ("train", "val")}
+        ys = {name: np.array([index[s.label] for s in splits[name]]) for name in parts}
         w = np.array(D.balance_weights(splits["train"])) if config.balance else None
         head, val_acc = fit_head(
             feats["train"], ys["train"], feats["val"], ys["val"], len(classes), config, w
@@ -800,12 +796,19 @@ def main(
     report(Progress("calibrate", message="calibrating confidences"))
     from .report import calibrate, write_reports
 
-    val_logits, val_targets = evaluate(model, eval_loader(splits["val"]), device, ctx, norm)
+    def logits_of(part: str) -> tuple[np.ndarray, np.ndarray]:
+        if config.mode == "head":  # the saved head on the cached features of the same photos
+            with torch.inference_mode():
+                x = torch.from_numpy(feats[part]).to(device)
+                return head_of(model, arch)(x).float().cpu().numpy(), ys[part]
+        return evaluate(model, eval_loader(splits[part]), device, ctx, norm)
+
+    val_logits, val_targets = logits_of("val")
     calibration = calibrate(val_logits, val_targets, config.target_precision)
     if not config.calibrate:
         calibration.update(temperature=1.0, threshold=0.0)
     report(Progress("evaluate", message="testing on the held-out split"))
-    test_logits, test_targets = evaluate(model, eval_loader(splits["test"]), device, ctx, norm)
+    test_logits, test_targets = logits_of("test")
     metrics = write_reports(
         out,
         classes,
