@@ -11,6 +11,7 @@ the user chooses "Use this model".
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -108,14 +109,14 @@ class TrainWorker(QThread):
 
 def train_in_child(config, events: Any, stop: Any, parent: int) -> None:
     """The child process: run the training, sending ("progress"|"done"|"cancelled"|"failed", data)."""
-    import torch
-
     from garbage_sorter.training.train import Cancelled, main
 
-    # Leave a core to the window, the camera and live classification. On a busy two-core machine
-    # one thread is also the faster choice: two spin-waiting threads run a tiny linear head at
-    # half the speed of one.
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    # PyTorch's default threads (one per core). Keeping a core back for the window made a head
+    # retrain of TrashNet 35% slower (130 s against 96 s on 2 cores) while the window, whose
+    # thread needs little, stalled no more than 35 ms either way (bench/app_retrain.py). The
+    # child runs at a lower priority, so the window and live classification come first.
+    with contextlib.suppress(OSError):
+        os.nice(5)
 
     def should_stop() -> bool:
         return stop.is_set() or os.getppid() != parent
