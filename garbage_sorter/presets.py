@@ -75,7 +75,8 @@ def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
     new_h = min(max(round(h * scale), prep.crop), round(prep.resize * MAX_ASPECT))
     # reducing_gap makes PIL shrink big photos in two cheap steps with the same result to the eye.
     image = image.resize((new_w, new_h), _RESAMPLE[prep.interpolation], reducing_gap=3.0)
-    left, top = (new_w - prep.crop) // 2, (new_h - prep.crop) // 2
+    # The centre as torchvision's CenterCrop rounds it: a one-pixel shift flips borderline photos.
+    left, top = round((new_w - prep.crop) / 2.0), round((new_h - prep.crop) / 2.0)
     return image.crop((left, top, left + prep.crop, top + prep.crop))
 
 
