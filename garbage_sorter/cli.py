@@ -301,9 +301,10 @@ def _web(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     try:
-        from .onnx_runtime import export_onnx, quantize_int8
+        import onnx  # noqa: F401 - a dependency; checked here for installs that left it out
     except ImportError:
-        raise _Failure("export is not available in this version yet (ONNX export, issue 7)", 2) from None
+        raise _Failure("export needs the onnx package: pip install onnx", 2) from None
+    from .onnx_runtime import export_onnx, quantize_int8
 
     clf = _load_classifier(args, region=None)
     out = Path(args.onnx)

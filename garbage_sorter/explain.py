@@ -20,6 +20,10 @@ from .model import head_name
 from .presets import resize_and_crop
 
 
+class ExplainError(ValueError):
+    """This model cannot be explained (an ONNX export has no gradients)."""
+
+
 @dataclass(frozen=True)
 class Explanation:
     """A heatmap in [0, 1] over ``image``: the square crop the model actually saw."""
@@ -53,6 +57,11 @@ def gradcam(
     Runs on the classifier's device in float32 (gradients in fp16 are too coarse for a map) and
     holds the classifier's lock, so it can be called from any worker thread.
     """
+    if next(classifier.model.parameters(), None) is None:
+        raise ExplainError(
+            "the heatmap needs the model's PyTorch checkpoint (.pt); "
+            f"{classifier.name} is an ONNX export, which has no gradients"
+        )
     pil = load_image(image, channels=channels)
     prep = classifier.checkpoint.preprocessing
     crop = resize_and_crop(pil, prep)

@@ -75,7 +75,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
         image = _uploaded_path(upload)
         if image is None:
             raise _user_error("Upload a photo first.")
-        from .explain import gradcam
+        from .explain import ExplainError, gradcam
 
         try:
             pil = load_image(image)
@@ -85,6 +85,8 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
             overlay = gradcam(classifier, pil).overlay()
         except ImageLoadError as exc:
             raise _user_error(f"That file cannot be used: {exc}.") from None
+        except ExplainError as exc:
+            raise _user_error(f"No heatmap for this model: {exc}.") from None
         return gr.update(value=overlay, visible=True)
 
     region_choices = [(region.title, region_id) for region_id, region in regions.items()]

@@ -75,6 +75,13 @@ def test_onnx_answers_like_pytorch(small_model, exported, photos):
         assert g.uncertain == w.uncertain
 
 
+def test_heatmap_of_an_onnx_model_is_a_clear_refusal(exported, photos):
+    from garbage_sorter.explain import ExplainError, gradcam
+
+    with pytest.raises(ExplainError, match=r"PyTorch checkpoint \(\.pt\)"):
+        gradcam(Classifier.load(exported[0]), photos[0])
+
+
 def test_int8_agrees_on_most_photos(exported, photos):
     fp32, int8 = (Classifier.load(p) for p in exported)
     assert "int8" in read_metadata(exported[1])["quantization"]
