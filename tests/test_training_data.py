@@ -339,3 +339,17 @@ def test_full_trashnet_audit_finds_the_known_cross_label_pairs():
     assert not test_groups & {s.group for s in parts["train"]}
     for label, n in Counter(s.label for s in cleaned).items():
         assert sum(s.label == label for s in parts["test"]) == pytest.approx(0.15 * n, abs=3)
+
+
+def test_the_committed_split_loads_from_any_working_directory(monkeypatch, tmp_path):
+    """docs/model/split stores paths relative to itself; --splits must find the photos."""
+    from conftest import SHARED_DATA, TESTS
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not on this machine")
+    monkeypatch.chdir(tmp_path)
+    split = load_split(TESTS.parent / "docs" / "model" / "split")
+    assert {name: len(part) for name, part in split.items()} == {
+        "train": 2000, "val": 429, "test": 428
+    }
+    assert all(Path(s.path).is_absolute() and Path(s.path).is_file() for s in split["test"])

@@ -545,6 +545,8 @@ def load_split(directory: Path) -> dict[str, list[Sample]]:
                     f"by tabs, found {len(fields)} field(s)."
                 )
             label, source, group, sample_path = fields
+            if not Path(sample_path).is_absolute():  # relative to the split file, as committed
+                sample_path = str((directory / sample_path).resolve())
             samples.append(Sample(sample_path, label, source, group))
         result[name] = samples
     return result
