@@ -186,6 +186,24 @@ def test_kaggle_offline_is_a_clear_message(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_head_mode_on_a_random_backbone_is_a_clear_refusal(tiny_dataset, tmp_path):
+    """ResNet-18 without ImageNet weights (offline) has no features worth a linear head; the
+    run used to end with NaN features and a checkpoint that could not be loaded."""
+    proc = cli("train", "--data", str(tiny_dataset), "--mode", "head", "--arch", "resnet18",
+               "--weights", "none", "--out", str(tmp_path / "r"), timeout=300)
+    assert proc.returncode != 0
+    assert "--mode full" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_temperature_of_non_finite_logits_is_one():
+    import numpy as np
+    from garbage_sorter.training.report import fit_temperature
+
+    logits = np.array([[np.nan, 1.0], [np.inf, 0.0], [0.0, 1.0]], np.float32)
+    assert fit_temperature(logits, np.array([0, 1, 1])) == 1.0
+
+
 def test_search_writes_trials_and_best_config(tiny_dataset, tiny_model, tmp_path):
     out = tmp_path / "search"
     proc = cli(

@@ -50,8 +50,11 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
         loss.backward()
         return loss
 
+    if not torch.isfinite(x).all():
+        return 1.0  # no temperature can be fitted to non-finite logits; leave them as they are
     opt.step(closure)
-    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+    t = log_t.exp().item()
+    return float(np.clip(t, 0.05, 20.0)) if np.isfinite(t) else 1.0
 
 
 def choose_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: float) -> float:

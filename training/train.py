@@ -301,7 +301,13 @@ def cached_features(
         from garbage_sorter.storage import atomic_save
 
         atomic_save(path, lambda handle: np.savez(handle, **cache))
-    return np.stack([cache[k].astype(np.float32) for k in keys])
+    stacked = np.stack([cache[k].astype(np.float32) for k in keys])
+    if not np.isfinite(stacked).all():
+        raise ValueError(
+            "the backbone's features overflow (infinite or NaN values): this model cannot be "
+            "trained in head mode; use --mode full"
+        )
+    return stacked
 
 
 def fit_head(
@@ -575,6 +581,13 @@ def main(
             splits = D.load_split(out / "splits")
             classes = sorted({s.label for part in splits.values() for s in part})
     arch, weights = resolve_model_choice(config, log)
+    if config.mode == "head" and weights == "none":
+        raise ValueError(
+            "head mode trains only the classifier on the backbone's features, and a randomly "
+            f"initialised {arch} has none worth learning from. Give --weights PATH (a trained "
+            "checkpoint), use --arch efficientnet_lite0 (its ImageNet weights install with the "
+            "package), or train everything with --mode full."
+        )
     config.arch, config.weights = arch, weights
     if rank == 0 and not config.resume:
         config.save(out / "config.json")
