@@ -56,6 +56,22 @@ def test_bundled_model_is_present():
 
 
 @pytest.mark.parametrize("name", OBJECT_PHOTOS)
+def test_u2netp_at_256_px_finds_the_same_object(name):
+    """The input size is freed at load time; a smaller run still finds the object where the
+    320 px run did (most of the 256 px mask inside the 320 px box)."""
+    from garbage_sorter.segmentation import U2NetPIsolator
+
+    image = _open(name)
+    small = U2NetPIsolator(size=256)
+    assert small.size == 256
+    result = small.isolate(image)
+    _check_mask(result, image)
+    _check_box(result, image)
+    left, top, right, bottom = _u2(name).box
+    assert result.mask[top:bottom, left:right].sum() > 0.9 * result.mask.sum()
+
+
+@pytest.mark.parametrize("name", OBJECT_PHOTOS)
 def test_u2netp_finds_the_object(name):
     image = _open(name)
     result = _u2(name)
