@@ -207,3 +207,71 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def naive_model(checkpoint: Path):
+    """``(model, transform)`` as a fine-tuning tutorial writes them: the eager fp32 model and
+    torchvision ``Resize/CenterCrop/ToTensor/Normalize`` for a PIL image."""
+    from torchvision import transforms as T
+
+    from garbage_sorter.model import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    prep = ckpt.preprocessing
+    transform = T.Compose(
+        [
+            T.Resize(prep.resize),
+            T.CenterCrop(prep.crop),
+            T.ToTensor(),
+            T.Normalize(prep.mean, prep.std),
+        ]
+    )
+    return ckpt.build(), transform
+
+
+def speed_parser(description: str):
+    """The options the CPU speed benchmarks share (architectures, threads, photos, int8
+    calibration, the large-photo case, the work folder)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--archs", nargs="+", default=["resnet18", "efficientnet_lite0"], choices=sorted(ARCH_NAMES)
+    )
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos (recursive)")
+    p.add_argument("--calibration", type=int, default=64, help="photos to calibrate int8 on")
+    p.add_argument(
+        "--large", default="2000x1500", help="size of the large-photo case; 'none' skips it"
+    )
+    p.add_argument(
+        "--work", type=Path, help="folder for models and photos (default: a temporary one)"
+    )
+    return p
+
+
+def photo_sets(args, count: int, work: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """The photos a speed benchmark times, by size ("341x256" as found, and ``args.large``
+    upscaled copies unless it is "none"), and the other photos, to calibrate int8 on."""
+    from PIL import Image
+
+    files = photo_files(args.photos, count + args.calibration)
+    timed, calibration = files[::2][:count], files[1::2][: args.calibration]
+    sizes = {Image.open(p).size for p in timed}
+    sets = {"x".join(map(str, sizes.pop())) if len(sizes) == 1 else "original": timed}
+    if args.large != "none":
+        w, h = (int(v) for v in args.large.split("x"))
+        sets[args.large] = upscaled(timed, work / f"photos-{args.large}", (w, h))
+    return sets, calibration
+
+
+def run_in_work_folder(run, args, prefix: str) -> None:
+    """Print ``run(args, folder)``: in ``args.work`` if given (kept), else a temporary folder."""
+    import tempfile
+
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(run(args, args.work))
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            print(run(args, Path(tmp)))

@@ -17,22 +17,22 @@ photos and on the same photos as 2000x1500 JPEGs.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from common import (
     ARCH_NAMES,
-    PHOTOS,
     command_line,
     interleave,
     machine_line,
     make_checkpoint,
     median,
+    naive_model,
     onnx_files,
-    photo_files,
+    photo_sets,
+    run_in_work_folder,
     set_torch_threads,
+    speed_parser,
     table,
-    upscaled,
 )
 from common import (
     rate as rate_text,
@@ -42,21 +42,9 @@ BATCH = 16
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--archs", nargs="+", default=["resnet18", "efficientnet_lite0"], choices=sorted(ARCH_NAMES)
-    )
-    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p = speed_parser(__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=64, help="photos per pass")
     p.add_argument("--rounds", type=int, default=3, help="timed passes per case")
-    p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos (recursive)")
-    p.add_argument("--calibration", type=int, default=64, help="photos to calibrate int8 on")
-    p.add_argument(
-        "--large", default="2000x1500", help="size of the large-photo case; 'none' skips it"
-    )
-    p.add_argument(
-        "--work", type=Path, help="folder for models and photos (default: a temporary one)"
-    )
     return p
 
 
@@ -64,20 +52,8 @@ def naive(checkpoint: Path):
     """A loop as a tutorial writes it: open, transform, stack, run; no overlap."""
     import torch
     from PIL import Image
-    from torchvision import transforms as T
 
-    from garbage_sorter.model import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    prep, model = ckpt.preprocessing, ckpt.build()
-    transform = T.Compose(
-        [
-            T.Resize(prep.resize),
-            T.CenterCrop(prep.crop),
-            T.ToTensor(),
-            T.Normalize(prep.mean, prep.std),
-        ]
-    )
+    model, transform = naive_model(checkpoint)
 
     def classify(paths):
         labels = []
@@ -114,18 +90,10 @@ def parallel(clf):
 
 
 def run(args: argparse.Namespace, work: Path) -> str:
-    from PIL import Image
-
     from garbage_sorter.classifier import Classifier
     from garbage_sorter.onnx_runtime import load_onnx_checkpoint
 
-    files = photo_files(args.photos, args.count + args.calibration)
-    timed, calibration = files[::2][: args.count], files[1::2][: args.calibration]
-    sizes = {Image.open(p).size for p in timed}
-    sets = {"x".join(map(str, sizes.pop())) if len(sizes) == 1 else "original": timed}
-    if args.large != "none":
-        w, h = (int(v) for v in args.large.split("x"))
-        sets[args.large] = upscaled(timed, work / f"photos-{args.large}", (w, h))
+    sets, calibration = photo_sets(args, args.count, work)
     out = [f"Command: {command_line()}", "", f"Machine: {machine_line()}", ""]
     for arch in args.archs:
         ckpt = make_checkpoint(arch, work)
@@ -168,12 +136,7 @@ def run(args: argparse.Namespace, work: Path) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.work:
-        args.work.mkdir(parents=True, exist_ok=True)
-        print(run(args, args.work))
-    else:
-        with tempfile.TemporaryDirectory(prefix="gs-folder-") as tmp:
-            print(run(args, Path(tmp)))
+    run_in_work_folder(run, args, "gs-folder-")
 
 
 if __name__ == "__main__":

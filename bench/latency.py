@@ -19,45 +19,33 @@ per architecture with the median, the 95th percentile, and the median as a fract
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 from common import (
     ARCH_NAMES,
-    PHOTOS,
     command_line,
     interleave,
     machine_line,
     make_checkpoint,
     median,
+    naive_model,
     onnx_files,
     p95,
-    photo_files,
+    photo_sets,
+    run_in_work_folder,
     set_torch_threads,
+    speed_parser,
     table,
-    upscaled,
 )
 
 BACKENDS = ("naive", "project", "onnx fp32", "onnx int8")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--archs", nargs="+", default=["resnet18", "efficientnet_lite0"], choices=sorted(ARCH_NAMES)
-    )
-    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p = speed_parser(__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=100, help="timed calls per case")
-    p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos (recursive)")
     p.add_argument(
         "--distinct", type=int, default=20, help="different photos the calls cycle through"
-    )
-    p.add_argument("--calibration", type=int, default=64, help="photos to calibrate int8 on")
-    p.add_argument(
-        "--large", default="2000x1500", help="size of the large-photo case; 'none' skips it"
-    )
-    p.add_argument(
-        "--work", type=Path, help="folder for models and photos (default: a temporary one)"
     )
     return p
 
@@ -66,21 +54,8 @@ def naive_pipeline(checkpoint_path: Path):
     """PIL + torchvision transforms + eager fp32 model, as a fine-tuning tutorial writes it."""
     import torch
     from PIL import Image
-    from torchvision import transforms as T
 
-    from garbage_sorter.model import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint_path)
-    prep = ckpt.preprocessing
-    model = ckpt.build()
-    transform = T.Compose(
-        [
-            T.Resize(prep.resize),
-            T.CenterCrop(prep.crop),
-            T.ToTensor(),
-            T.Normalize(prep.mean, prep.std),
-        ]
-    )
+    model, transform = naive_model(checkpoint_path)
 
     def predict(path: Path):
         image = Image.open(path).convert("RGB")
@@ -91,18 +66,10 @@ def naive_pipeline(checkpoint_path: Path):
 
 
 def run(args: argparse.Namespace, work: Path) -> str:
-    from PIL import Image
-
     from garbage_sorter.classifier import Classifier
     from garbage_sorter.onnx_runtime import load_onnx_checkpoint
 
-    files = photo_files(args.photos, args.distinct + args.calibration)
-    timed, calibration = files[::2][: args.distinct], files[1::2][: args.calibration]
-    sizes = {Image.open(p).size for p in timed}
-    sets = {"x".join(map(str, sizes.pop())) if len(sizes) == 1 else "original": timed}
-    if args.large != "none":
-        w, h = (int(v) for v in args.large.split("x"))
-        sets[args.large] = upscaled(timed, work / f"photos-{args.large}", (w, h))
+    sets, calibration = photo_sets(args, args.distinct, work)
     out = [f"Command: {command_line()}", "", f"Machine: {machine_line()}", ""]
     for arch in args.archs:
         ckpt = make_checkpoint(arch, work)
@@ -139,7 +106,7 @@ def run(args: argparse.Namespace, work: Path) -> str:
                     )
         out += [
             f"**{ARCH_NAMES[arch]}**, single image, file to probabilities "
-            f"({args.rounds} calls per case over {len(timed)} photos, interleaved)",
+            f"({args.rounds} calls per case over {args.distinct} photos, interleaved)",
             "",
             table(["photo", "threads", "pipeline", "median ms", "p95 ms", "vs naive"], rows),
             "",
@@ -148,12 +115,7 @@ def run(args: argparse.Namespace, work: Path) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.work:
-        args.work.mkdir(parents=True, exist_ok=True)
-        print(run(args, args.work))
-    else:
-        with tempfile.TemporaryDirectory(prefix="gs-latency-") as tmp:
-            print(run(args, Path(tmp)))
+    run_in_work_folder(run, args, "gs-latency-")
 
 
 if __name__ == "__main__":

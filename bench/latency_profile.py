@@ -23,6 +23,7 @@ from common import (
     command_line,
     machine_line,
     make_checkpoint,
+    naive_model,
     onnx_files,
     photo_files,
     set_torch_threads,
@@ -49,7 +50,6 @@ def main() -> int:
     import numpy as np
     import torch
     from PIL import Image
-    from torchvision import transforms as T
 
     from garbage_sorter.classifier import Classifier
     from garbage_sorter.images import load_image
@@ -65,11 +65,7 @@ def main() -> int:
         onnx32 = Classifier(load_onnx_checkpoint(fp32, threads=args.threads), "cpu")
         onnx8 = Classifier(load_onnx_checkpoint(int8, threads=args.threads), "cpu")
         prep = clf.checkpoint.preprocessing
-        naive_model = clf.checkpoint.build().eval()
-        naive_tf = T.Compose(
-            [T.Resize(prep.resize), T.CenterCrop(prep.crop), T.ToTensor(),
-             T.Normalize(prep.mean, prep.std)]
-        )
+        eager, naive_tf = naive_model(ckpt_path)
         pick = lambda r: photos[r % len(photos)]  # noqa: E731
         raw = [Image.open(p).convert("RGB") for p in photos]
         ours = [load_image(p, draft=prep.resize) for p in photos]
@@ -79,7 +75,7 @@ def main() -> int:
 
         def naive_forward(r):
             with torch.no_grad():
-                naive_model(x_naive[r % len(photos)])
+                eager(x_naive[r % len(photos)])
 
         rows = [
             ["naive", "decode (PIL open + convert)",
