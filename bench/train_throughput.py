@@ -144,7 +144,7 @@ def head_case(arch: str, samples, args: argparse.Namespace):
 
     config = TrainConfig(arch=arch, mode="head", batch_size=args.batch)
     prep = default_preprocessing(arch)
-    model = model_for(arch)
+    model = model_for(arch).to(memory_format=torch.channels_last)  # as train.main does
     classes = sorted({s.label for s in samples})
     count = args.batch * args.steps
 
