@@ -283,7 +283,9 @@ def _calibration_files(photos, meta: dict[str, Any], count: int) -> list[Path]:
         if not files:
             raise ValueError(
                 "int8 quantisation needs calibration photos, and the model's training "
-                "photos are not on this machine: give a folder of photos"
+                "photos are not on this machine: give a folder of photos or a split folder "
+                "(garbage-sorter export --int8 --calibration PATH, e.g. docs/model/split "
+                "in a checkout of the project)"
             )
     elif isinstance(photos, (str, os.PathLike)):
         files = _photos_at(Path(photos))
