@@ -53,7 +53,7 @@ def _expected(exc: Exception) -> bool:
     from garbage_sorter.images import ImageLoadError
 
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return isinstance(exc, (ImageLoadError, OSError)) or bool(names & {"CheckpointError", "FeedbackError"})
+    return isinstance(exc, (ImageLoadError, OSError)) or bool(names & {"CheckpointError", "FeedbackError", "ExplainError"})
 
 
 def run_task(fn: Callable[..., Any], *args: Any, parent: QObject,
