@@ -323,7 +323,7 @@ class MainWindow(QMainWindow):
 
     def _on_open_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a model", self._last_folder("model_folder"),
-                                              "Garbage Sorter models (*.pt *.pth);;All files (*)")
+                                              "Garbage Sorter models (*.pt *.pth *.onnx);;All files (*)")
         if path:
             self.settings.setValue("model_folder", str(Path(path).parent))
             self.load_model(path, remember=True)
