@@ -167,7 +167,7 @@ def _app(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from .images import ImageLoadError, iter_image_paths, load_image
+    from .images import ImageLoadError, iter_image_paths
 
     kwargs = {"region": args.region}
     if args.isolation:
@@ -180,28 +180,12 @@ def _classify(args: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, str]] = []
     show_bar = not args.json and len(paths) > 10 and sys.stderr.isatty()
     started = time.perf_counter()
-    batch: list[tuple[Path, object]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        try:
-            predictions = clf.predict_batch([im for _, im in batch], crop=args.crop, tta=args.tta)
-        except ImageLoadError as exc:  # cropping can still meet a bad image
-            predictions = [exc] * len(batch)
-        for (path, _), pred in zip(batch, predictions, strict=True):
-            _emit(path, pred, args.json, rows)
-        batch.clear()
-
-    for i, path in enumerate(paths, 1):
-        try:
-            batch.append((path, load_image(path, draft=clf.checkpoint.preprocessing.resize)))
-        except ImageLoadError as exc:
+    # The next batch is decoded in a thread while the network runs this one (bench/folder_throughput.py).
+    answers = clf.predict_paths(paths, crop=args.crop, tta=args.tta, batch_size=16)
+    for i, (path, answer) in enumerate(zip(paths, answers, strict=True), 1):
+        if isinstance(answer, ImageLoadError):
             failed += 1
-            flush()
-            _emit(path, exc, args.json, rows)
-        if len(batch) >= 16:
-            flush()
+        _emit(path, answer, args.json, rows)
         if show_bar:
             rate = i / (time.perf_counter() - started)
             print(
@@ -210,7 +194,6 @@ def _classify(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    flush()
     if show_bar:
         print("\r\033[K", end="", file=sys.stderr)
     if not args.json:
