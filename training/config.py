@@ -74,3 +74,20 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def add_config_options(parser, names: list[str]) -> None:
+    """A ``--flag-name`` for each named number field of :class:`TrainConfig`, typed as the field.
+
+    Unset flags stay ``None``, so a ``--config`` file or the field's own default applies; the
+    help shows that default.
+    """
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    defaults = TrainConfig()
+    for name in names:
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int if str(types[name]).startswith("int") else float,
+            default=None,
+            help=f"(default {getattr(defaults, name)})",
+        )

@@ -56,7 +56,7 @@ from garbage_sorter.presets import Preprocessing, default_preprocessing
 from garbage_sorter.storage import atomic_write
 
 from . import data as D
-from .config import TrainConfig
+from .config import TrainConfig, add_config_options
 from .train import WarmupCosine, normalizer, score_by_source
 
 SPLITS = ("train", "val", "test")
@@ -965,29 +965,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument("--sync-debug", action="store_true", help="CUDA: warn on host syncs in epochs")
     p.add_argument("--models", nargs="*", default=[], help="infer: checkpoints to time")
-    defaults = TrainConfig()
-    for name, kind in (
-        ("epochs", int),
-        ("batch_size", int),
-        ("lr", float),
-        ("lr_min", float),
-        ("backbone_lr_scale", float),
-        ("warmup_epochs", float),
-        ("weight_decay", float),
-        ("label_smoothing", float),
-        ("aug_strength", float),
-        ("background_aug", float),
-        ("distill_alpha", float),
-        ("distill_temperature", float),
-        ("seed", int),
-        ("max_steps", int),
-    ):
-        p.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=kind,
-            default=None,
-            help=f"(TrainConfig default {getattr(defaults, name)})",
-        )
+    add_config_options(
+        p,
+        [
+            "epochs",
+            "batch_size",
+            "lr",
+            "lr_min",
+            "backbone_lr_scale",
+            "warmup_epochs",
+            "weight_decay",
+            "label_smoothing",
+            "aug_strength",
+            "background_aug",
+            "distill_alpha",
+            "distill_temperature",
+            "seed",
+            "max_steps",
+        ],
+    )
     p.add_argument("--teacher", help="student: the teacher checkpoint")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false", default=None)

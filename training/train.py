@@ -46,7 +46,7 @@ from garbage_sorter.presets import (
 from garbage_sorter.storage import atomic_write, data_dir
 
 from . import data as D
-from .config import TrainConfig
+from .config import TrainConfig, add_config_options
 
 
 class Cancelled(Exception):
@@ -901,7 +901,6 @@ def _model_key(arch: str, weights: str, prep: Preprocessing) -> str:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The ``train`` command line; every option fills a :class:`TrainConfig` field."""
-    defaults = TrainConfig()
     p = argparse.ArgumentParser(description="Train a Garbage Sorter model", add_help=add_help)
     p.add_argument(
         "--data",
@@ -934,34 +933,31 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="head: linear classifier on cached features (minutes on a laptop); full: fine-tune everything",
     )
-    for name, kind in (
-        ("epochs", int),
-        ("batch_size", int),
-        ("lr", float),
-        ("lr_min", float),
-        ("backbone_lr_scale", float),
-        ("freeze_blocks", int),
-        ("weight_decay", float),
-        ("label_smoothing", float),
-        ("aug_strength", float),
-        ("background_aug", float),
-        ("patience", int),
-        ("linear_probe_epochs", int),
-        ("wise_alpha", float),
-        ("distill_alpha", float),
-        ("distill_temperature", float),
-        ("seed", int),
-        ("workers", int),
-        ("max_steps", int),
-        ("search", int),
-        ("target_precision", float),
-    ):
-        p.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=kind,
-            default=None,
-            help=f"(default {getattr(defaults, name)})",
-        )
+    add_config_options(
+        p,
+        [
+            "epochs",
+            "batch_size",
+            "lr",
+            "lr_min",
+            "backbone_lr_scale",
+            "freeze_blocks",
+            "weight_decay",
+            "label_smoothing",
+            "aug_strength",
+            "background_aug",
+            "patience",
+            "linear_probe_epochs",
+            "wise_alpha",
+            "distill_alpha",
+            "distill_temperature",
+            "seed",
+            "workers",
+            "max_steps",
+            "search",
+            "target_precision",
+        ],
+    )
     p.add_argument("--teacher", help="checkpoint to distil from")
     p.add_argument("--splits", help="reuse the split files in this folder")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
