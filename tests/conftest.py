@@ -83,3 +83,16 @@ def tiny_dataset(tmp_path) -> Path:
             for i, photo in enumerate(fixture_photos()[:4]):
                 shutil.copy(photo, root / cls / f"{i}.jpg")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One PyTorch thread for a module of small models (``pytestmark = usefixtures(...)``): on a
+    busy 2-core machine two threads that must meet at every operator wait for each other's time
+    slices (ONNX export took minutes instead of seconds; a 32 px GPU-path step ran 30x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

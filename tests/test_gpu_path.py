@@ -37,14 +37,7 @@ def _load_script(name: str):
     return module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Toy tensors gain nothing from a second thread, and on a busy 2-core machine OpenMP's
-    # waiting for it made a 32 px step 30 times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,7 @@ from garbage_sorter.model import CheckpointError, build_model, save_checkpoint
 from garbage_sorter.onnx_runtime import export_onnx, quantize_int8, read_metadata
 from garbage_sorter.presets import LITE_MEAN, LITE_STD, Preprocessing
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One PyTorch thread here: on a machine shared with other jobs, two threads that must meet
-    at every operator wait for each other's time slices (export took minutes instead of seconds)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
