@@ -42,8 +42,7 @@ BACKENDS = ("u2netp", "grabcut", "none")
 # ``U2NetPIsolator(size=256)`` frees the input and runs at 256 px: 217 ms instead of 317 ms a photo
 # on 2 cores, but the crop rule then decides differently on 12% of photos (BENCHMARKS.md,
 # background-shift section), so 320 stays the default until the rule is re-tuned at 256.
-_U2_TRAINED_SIZE = 320
-_U2_SIZE = _U2_TRAINED_SIZE
+_U2_SIZE = 320
 _U2_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _U2_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -126,7 +125,7 @@ def crop_box_from_mask(
 
     mask = np.asarray(mask, dtype=np.float32)
     full_h, full_w = mask.shape
-    scale = min(1.0, _U2_TRAINED_SIZE / max(full_h, full_w))
+    scale = min(1.0, _U2_SIZE / max(full_h, full_w))
     if scale < 1.0:
         size = (max(1, round(full_w * scale)), max(1, round(full_h * scale)))
         mask = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)
@@ -261,7 +260,7 @@ class U2NetPIsolator:
 def _free_input_size(path: Path, size: int) -> tuple[str | bytes, int]:
     """The model with its input's height and width left free, and the size to run it at; the
     file as it is, at its own size, where the ``onnx`` package or a free size cannot be had."""
-    if size == _U2_TRAINED_SIZE:
+    if size == _U2_SIZE:
         return str(path), size
     try:
         import onnx
@@ -274,7 +273,7 @@ def _free_input_size(path: Path, size: int) -> tuple[str | bytes, int]:
                     dim.dim_param = name  # replaces the fixed dim_value (a oneof)
         return model.SerializeToString(), size
     except (ImportError, OSError, ValueError, AttributeError):
-        return str(path), _U2_TRAINED_SIZE
+        return str(path), _U2_SIZE
 
 
 class GrabCutIsolator:

@@ -41,6 +41,8 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     if len(targets) < 2:
         return 1.0
     x, y = torch.from_numpy(logits).float(), torch.from_numpy(targets).long()
+    if not torch.isfinite(x).all():
+        return 1.0  # no temperature can be fitted to non-finite logits; leave them as they are
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
@@ -50,8 +52,6 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
         loss.backward()
         return loss
 
-    if not torch.isfinite(x).all():
-        return 1.0  # no temperature can be fitted to non-finite logits; leave them as they are
     opt.step(closure)
     t = log_t.exp().item()
     return float(np.clip(t, 0.05, 20.0)) if np.isfinite(t) else 1.0
