@@ -13,15 +13,17 @@ two surfaces of the held-out background family, which training never uses:
 Frame-filling close-ups (mostly cardboard and paper), whose mask falls back to the whole photo,
 have no board to replace: they count in the clean set only, and the output says how many.
 
-For each model and isolation at inference (off, or a U2-Net-P crop as ``classify --crop`` makes)
-one Markdown table gives accuracy on the clean photos, on the same photos before shifting, on the
-shifted ones (wood, mixed, both), and how often metal on wood is called cardboard. Every image
-is isolated once and its crop reused for all models; the median isolation time is measured in
-the same run.
+For each model and isolation at inference (off; the U2-Net-P crop as ``classify --crop`` makes
+it; or "whole+crop", the mean of the probabilities for the whole image and the crop, at each
+``--isolation-size``) one Markdown table gives accuracy on the clean photos, on the same photos
+before shifting, on the shifted ones (wood, mixed, both), and how often metal on wood is called
+cardboard. Every image is isolated once per size and its crop reused for all models; the median
+isolation time is measured in the same run.
 
     python bench/background_shift.py --model plain=runs/recipes/tn_linear-probe/best.pt \\
         --model bgaug=runs/recipes/tnrw_LP-FT_backgrounds_strong-aug/best.pt \\
-        [--split runs/recipes/split-all/test.txt] [--seed 0] [--limit N]
+        [--split runs/recipes/split-all/test.txt] [--seed 0] [--limit N] \\
+        [--isolation-size 320 --isolation-size 256]
 
 The shifted images are cached under ``runs/background_shift/seed<seed>-<generator hash>/``
 (the hash of ``training/backgrounds.py``, so a changed generator never reuses stale images),
@@ -49,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = REPO / "runs" / "recipes" / "split-all" / "test.txt"
 CACHE = REPO / "runs" / "background_shift"
 SURFACES = ("wood", "mixed")
-ISOLATIONS = ("off", "u2netp")
+DEFAULT_SIZE = 320  # U2-Net-P's own input size, as U2NetPIsolator runs it by default
 JPEG_QUALITY = 95  # TrashNet's photos are JPEGs; a high quality keeps re-encoding out of the result
 
 
@@ -70,10 +72,12 @@ class Report:
     samples: list[Sample]
     closeups: int  # clean photos left out of the shifted set (their mask fell back)
     predictions: dict[tuple[str, str], list[str]]  # (model, isolation) -> label per sample
-    isolation_seconds: list[float] = field(default_factory=list)  # U2-Net-P wall time per sample
+    # U2-Net-P input size -> wall time per sample
+    isolation_seconds: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     # ... and its CPU time (all threads): unlike wall time, barely moved by other jobs' load
-    isolation_cpu_seconds: list[float] = field(default_factory=list)
-    cropped: list[bool] = field(default_factory=list)  # whether U2-Net-P cropped each sample
+    isolation_cpu_seconds: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # size -> whether U2-Net-P cropped each sample
+    cropped: dict[int, list[bool]] = field(default_factory=lambda: defaultdict(list))
 
 
 def trashnet_photos(split: Path, limit: int | None = None) -> list[tuple[Path, str]]:
@@ -225,34 +229,55 @@ def run_benchmark(
     seed: int = 0,
     cache: Path = CACHE,
     batch_size: int = 32,
+    sizes: tuple[int, ...] = (DEFAULT_SIZE,),
 ) -> Report:
-    """Classify the clean and shifted images with every model, without and with isolation."""
+    """Classify the clean and shifted images with every model: the whole image, the U2-Net-P
+    crop at each of ``sizes``, and the mean of the two ("whole+crop")."""
     from garbage_sorter import Classifier
     from garbage_sorter.images import load_image
-    from garbage_sorter.segmentation import apply_box, get_isolator
+    from garbage_sorter.segmentation import U2NetPIsolator, apply_box
 
     shifted, closeups = shifted_samples(photos, seed, cache)
     contact_sheet(shifted, cache_folder(cache, seed) / "contact_sheet.png")
     samples = [Sample(p, label, "clean", p) for p, label in photos] + shifted
     classifiers = {name: Classifier.load(path, device="cpu") for name, path in models.items()}
-    isolator = get_isolator("u2netp")
-    report = Report(samples, closeups, {(m, i): [] for m in models for i in ISOLATIONS})
+    isolators = {size: U2NetPIsolator(size=size) for size in sizes}
+    report = Report(samples, closeups, {(m, i): [] for m in models for i in modes(sizes)})
     for start in range(0, len(samples), batch_size):
         images = [load_image(s.path) for s in samples[start : start + batch_size]]
-        # Isolate once; every model then classifies the same crops.
-        isolations = []
-        for image in images:
-            cpu = time.process_time()
-            isolations.append(isolator.isolate(image))
-            report.isolation_cpu_seconds.append(time.process_time() - cpu)
-        report.isolation_seconds += [iso.seconds for iso in isolations]
-        report.cropped += [iso.box is not None for iso in isolations]
-        crops = [apply_box(image, iso.box) for image, iso in zip(images, isolations, strict=True)]
+        # Isolate once per size; every model then classifies the same crops.
+        crops = {}
+        for size, isolator in isolators.items():
+            isolations = []
+            for image in images:
+                cpu = time.process_time()
+                isolations.append(isolator.isolate(image))
+                report.isolation_cpu_seconds[size].append(time.process_time() - cpu)
+            report.isolation_seconds[size] += [iso.seconds for iso in isolations]
+            report.cropped[size] += [iso.box is not None for iso in isolations]
+            crops[size] = [
+                apply_box(image, iso.box) for image, iso in zip(images, isolations, strict=True)
+            ]
         for name, clf in classifiers.items():
-            for isolation, batch in (("off", images), ("u2netp", crops)):
-                predictions = clf.predict_batch(batch, crop=False, batch_size=batch_size)
-                report.predictions[name, isolation] += [p.label for p in predictions]
+            whole = clf.predict_batch(images, crop=False, batch_size=batch_size)
+            report.predictions[name, "off"] += [p.label for p in whole]
+            for size, batch in crops.items():
+                cropped = clf.predict_batch(batch, crop=False, batch_size=batch_size)
+                report.predictions[name, f"u2netp {size}"] += [p.label for p in cropped]
+                report.predictions[name, f"whole+crop {size}"] += [
+                    _mean_label(a, b) for a, b in zip(whole, cropped, strict=True)
+                ]
     return report
+
+
+def modes(sizes: tuple[int, ...]) -> list[str]:
+    """The isolation column's values: off, then the crop and whole+crop at each size."""
+    return ["off", *(f"{mode} {size}" for size in sizes for mode in ("u2netp", "whole+crop"))]
+
+
+def _mean_label(a, b) -> str:
+    """The label of the mean of two predictions' probabilities."""
+    return max(a.probabilities, key=lambda c: a.probabilities[c] + b.probabilities[c])
 
 
 def table_rows(report: Report) -> list[list[str]]:
@@ -306,10 +331,9 @@ def format_report(report: Report) -> str:
         f"Accuracy in %; one standard error is at most {50 / max(1, n_wood) ** 0.5:.1f} points "
         f"on a surface's {n_wood} images."
     )
-    seconds = report.isolation_seconds
-    if seconds:
+    for size, seconds in report.isolation_seconds.items():
         crop = defaultdict(list)
-        for s, cropped in zip(report.samples, report.cropped, strict=True):
+        for s, cropped in zip(report.samples, report.cropped[size], strict=True):
             crop[s.surface == "clean"].append(cropped)
         shares = ", ".join(
             f"{100 * np.mean(crop[clean]):.0f}% of {'clean' if clean else 'shifted'} images"
@@ -317,11 +341,11 @@ def format_report(report: Report) -> str:
             if crop[clean]
         )
         lines.append(
-            f"U2-Net-P isolation: median {1000 * statistics.median(seconds):.0f} ms per image "
-            f"(p90 {1000 * np.percentile(seconds, 90):.0f} ms) over {len(seconds)} images on "
-            f"{os.cpu_count()} cores, using a median "
-            f"{1000 * statistics.median(report.isolation_cpu_seconds):.0f} ms of CPU time (all "
-            f"threads); it cropped {shares}, the rest fell back to the whole image."
+            f"U2-Net-P isolation at {size} px: median {1000 * statistics.median(seconds):.0f} ms "
+            f"per image (p90 {1000 * np.percentile(seconds, 90):.0f} ms) over {len(seconds)} "
+            f"images on {os.cpu_count()} cores, using a median "
+            f"{1000 * statistics.median(report.isolation_cpu_seconds[size]):.0f} ms of CPU time "
+            f"(all threads); it cropped {shares}, the rest fell back to the whole image."
         )
     return "\n".join(lines)
 
@@ -376,6 +400,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shifted set")
     parser.add_argument("--limit", type=int, help="use only this many photos, classes in turn")
+    parser.add_argument(
+        "--isolation-size",
+        type=int,
+        action="append",
+        metavar="PX",
+        help=f"U2-Net-P input size; repeat to compare sizes (default: {DEFAULT_SIZE})",
+    )
     return parser
 
 
@@ -387,7 +418,10 @@ def main(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise SystemExit(f"--model {name}: no such file {path}")
     t0 = time.perf_counter()
-    report = run_benchmark(models, trashnet_photos(args.split, args.limit), seed=args.seed)
+    sizes = tuple(args.isolation_size or (DEFAULT_SIZE,))
+    report = run_benchmark(
+        models, trashnet_photos(args.split, args.limit), seed=args.seed, sizes=sizes
+    )
     print(format_report(report))
     print(
         f"Made by `python {' '.join(['bench/background_shift.py', *sys.argv[1:]])}` in "

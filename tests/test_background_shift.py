@@ -50,7 +50,9 @@ def test_benchmark_on_real_photos(bench, split, tiny_model, tmp_path):
         "metal214.jpg",
         "plastic41.jpg",
     ]  # the TACO crop is not TrashNet
-    report = bench.run_benchmark({"tiny": tiny_model, "again": tiny_model}, photos, cache=tmp_path)
+    report = bench.run_benchmark(
+        {"tiny": tiny_model, "again": tiny_model}, photos, cache=tmp_path, sizes=(320, 256)
+    )
 
     # The close-ups stay clean only; the three board photos go onto wood and the mixed family.
     assert report.closeups == 2
@@ -61,23 +63,33 @@ def test_benchmark_on_real_photos(bench, split, tiny_model, tmp_path):
     folder = bench.cache_folder(tmp_path, 0)
     assert (folder / "contact_sheet.png").is_file()
 
-    # Each image is isolated once, and both models are scored on it with and without the crop.
-    assert len(report.isolation_seconds) == len(report.samples) == 11
-    assert set(report.predictions) == {(m, i) for m in ("tiny", "again") for i in ("off", "u2netp")}
+    # Each image is isolated once per size, and both models are scored on it whole, cropped,
+    # and on the mean of the two.
+    assert {size: len(s) for size, s in report.isolation_seconds.items()} == {320: 11, 256: 11}
+    modes = ["off", "u2netp 320", "whole+crop 320", "u2netp 256", "whole+crop 256"]
+    assert set(report.predictions) == {(m, i) for m in ("tiny", "again") for i in modes}
     assert all(len(labels) == 11 for labels in report.predictions.values())
     assert report.predictions["tiny", "off"] == report.predictions["again", "off"]
+    # Where nothing was cropped, the crop is the whole image and so is the mean.
+    for size in (320, 256):
+        for i, cropped in enumerate(report.cropped[size]):
+            if not cropped:
+                assert (
+                    report.predictions["tiny", f"u2netp {size}"][i]
+                    == report.predictions["tiny", "off"][i]
+                )
+                assert (
+                    report.predictions["tiny", f"whole+crop {size}"][i]
+                    == report.predictions["tiny", "off"][i]
+                )
 
     rows = bench.table_rows(report)
-    assert [row[:2] for row in rows] == [
-        ["tiny", "off"],
-        ["tiny", "u2netp"],
-        ["again", "off"],
-        ["again", "u2netp"],
-    ]
+    assert [row[:2] for row in rows] == [[m, i] for m in ("tiny", "again") for i in modes]
     # One metal photo on wood: its rate is 0 or 100% and says so.
     assert all(row[-1] in ("0.0 (0/1)", "100.0 (1/1)") for row in rows)
     text = bench.format_report(report)
-    assert "| tiny" in text and "2 frame-filling close-ups" in text and "median" in text
+    assert "| tiny" in text and "2 frame-filling close-ups" in text
+    assert "isolation at 320 px: median" in text and "isolation at 256 px: median" in text
 
 
 def test_shifted_set_is_deterministic_and_cached(bench, split, tmp_path):
