@@ -11,9 +11,9 @@ Every backend returns an :class:`Isolation`. The crop rule (:func:`crop_box_from
 and deliberately cautious: a wrong crop (to a label on a frame-filling box) costs far more than no
 crop, so a mask that does not look like one confident object falls back to the whole image.
 
-The rule's thresholds were set by looking at U2-Net-P's masks on 1,266 real photos: every TrashNet
-cardboard and paper photo, 50 of each other TrashNet class, the 73 floor photos and 150 TACO crops.
-With them, 69 of 73 floor photos are cropped to the item; 239 of 341 TrashNet cardboard photos
+The rule's thresholds were set by looking at U2-Net-P's 320 px masks on 1,266 real photos: every
+TrashNet cardboard and paper photo, 50 of each other TrashNet class, the 73 floor photos and 150
+TACO crops. With them, 69 of 73 floor photos are cropped to the item; 239 of 341 TrashNet cardboard photos
 (mostly frame-filling close-ups, whose salient parts are tape, labels and print) fall back; of
 200 TrashNet cans, bottles and wrappers on the board 142 are cropped, 31 fill the frame and 27 fall
 back. The known miss: a single label or strip of tape on a close-up, crisp and larger than 3% of
@@ -38,11 +38,12 @@ from PIL import Image
 BACKENDS = ("u2netp", "grabcut", "none")
 
 # U2-Net-P was trained at 320 px and ships with that input size fixed; the crop rule's thresholds
-# were set on its 320 px masks. Its graph computes every upsampling size from its input, so
-# ``U2NetPIsolator(size=256)`` frees the input and runs at 256 px: 217 ms instead of 317 ms a photo
-# on 2 cores, but the crop rule then decides differently on 12% of photos (BENCHMARKS.md,
-# background-shift section), so 320 stays the default until the rule is re-tuned at 256.
+# were set on its 320 px masks, and the rule judges masks at no more than 320 px a side. Its graph
+# computes every upsampling size from its input, so the input can be freed at load time and run
+# smaller. DEFAULT_SIZE is 256 px: 172 ms a photo instead of 273 ms on 2 cores, with the same
+# accuracy for every model in bench/background_shift.py (BENCHMARKS.md, background-shift section).
 _U2_SIZE = 320
+DEFAULT_SIZE = 256
 _U2_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _U2_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -210,7 +211,10 @@ def default_model_path() -> Path:
 
 
 class U2NetPIsolator:
-    """U2-Net-P salient-object detection through ONNX Runtime (about 0.2 s per image on 2 cores)."""
+    """U2-Net-P salient-object detection through ONNX Runtime (about 0.2 s per image on 2 cores).
+
+    ``size``: the side the photo is resized to for the network; 320 is the model's own size.
+    """
 
     name = "u2netp"
 
@@ -218,7 +222,7 @@ class U2NetPIsolator:
         self,
         model_path: str | Path | None = None,
         threads: int | None = None,
-        size: int = _U2_SIZE,
+        size: int = DEFAULT_SIZE,
     ) -> None:
         import onnxruntime as ort
 
