@@ -37,30 +37,14 @@ VARIANTS = {
     "tn+rw, LP-FT, backgrounds, strong aug": ("all", dict(background_aug=0.5, aug_strength=1.5)),
     # The same model trained 5 more epochs from its best checkpoint at a lower peak rate (a CPU
     # budget split in two sessions of training).
-    "tn+rw, LP-FT, backgrounds, strong aug, +5 epochs": (
-        "all",
-        dict(
-            background_aug=0.5,
-            aug_strength=1.5,
-            linear_probe_epochs=0,
-            lr=3e-4,
-            warmup_epochs=0.2,
-            weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug/best.pt",
-        ),
-    ),
+    "tn+rw, LP-FT, backgrounds, strong aug, +5 epochs": ("all", dict(
+        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
+        weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug/best.pt")),
     # The bundled model trained 5 more epochs with most TrashNet objects moved onto new
     # backgrounds (background shift, issue 5).
-    "tn+rw, LP-FT, backgrounds 0.8, strong aug, +5 more epochs": (
-        "all",
-        dict(
-            background_aug=0.8,
-            aug_strength=1.5,
-            linear_probe_epochs=0,
-            lr=3e-4,
-            warmup_epochs=0.2,
-            weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt",
-        ),
-    ),
+    "tn+rw, LP-FT, backgrounds 0.8, strong aug, +5 more epochs": ("all", dict(
+        background_aug=0.8, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
+        weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
     "tn, LP-FT, plain": ("trashnet", dict()),
     "tn+rw, LP-FT, plain": ("all", dict()),
     "tn, linear probe": ("trashnet", dict(mode="head")),
