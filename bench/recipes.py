@@ -45,6 +45,10 @@ VARIANTS = {
     "tn+rw, LP-FT, backgrounds 0.8, strong aug, +5 more epochs": ("all", dict(
         background_aug=0.8, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
         weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
+    # ... or with only the stem and first 4 blocks frozen: more of the network adapts.
+    "tn+rw, LP-FT, backgrounds, strong aug, +5 more epochs, 4 blocks frozen": ("all", dict(
+        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
+        freeze_blocks=4, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
     "tn, LP-FT, plain": ("trashnet", dict()),
     "tn+rw, LP-FT, plain": ("all", dict()),
     "tn, linear probe": ("trashnet", dict(mode="head")),
