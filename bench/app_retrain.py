@@ -29,9 +29,22 @@ def cli_baseline(data: Path, scratch: Path) -> float:
     env = dict(os.environ, GARBAGE_SORTER_CACHE_DIR=str(scratch / "cli-cache"))
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "garbage_sorter", "train", "--data", str(data), "--mode", "head",
-         "--out", str(scratch / "cli-run")],
-        env=env, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "garbage_sorter",
+            "train",
+            "--data",
+            str(data),
+            "--mode",
+            "head",
+            "--out",
+            str(scratch / "cli-run"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     if done.returncode != 0:
         raise SystemExit(f"the command-line baseline failed:\n{done.stderr[-2000:]}")
@@ -112,18 +125,24 @@ def main() -> int:
     baseline = None if args.skip_cli else cli_baseline(args.data, scratch)
     results = app_runs(args.data, scratch, args.runs)
 
-    print(f"\nhead-mode retrain of {args.data} ({sum(1 for _ in args.data.rglob('*.jpg'))} photos), "
-          f"{os.cpu_count()} CPUs, load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
+    print(
+        f"\nhead-mode retrain of {args.data} ({sum(1 for _ in args.data.rglob('*.jpg'))} photos), "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end\n"
+    )
     print(f"{'':44}{'seconds':>9}{'max stall':>11}  progress  result")
     if baseline is not None:
-        print(f"{'garbage-sorter train --mode head (baseline)':44}{baseline:8.1f}s{'':>11}  {'':8}  "
-              "(fresh cache)")
+        print(
+            f"{'garbage-sorter train --mode head (baseline)':44}{baseline:8.1f}s{'':>11}  {'':8}  "
+            "(fresh cache)"
+        )
     for r in results:
         if "error" in r:
             print(f"{'app, ' + str(r['run']):44}  failed: {r['error']}")
             continue
-        print(f"{'app, ' + str(r['run']):44}{r['seconds']:8.1f}s{r['max_gap_ms']:9.0f}ms  "
-              f"{'yes' if r['progress'] else 'NO':8}  test accuracy {r['acc']:.3f}")
+        print(
+            f"{'app, ' + str(r['run']):44}{r['seconds']:8.1f}s{r['max_gap_ms']:9.0f}ms  "
+            f"{'yes' if r['progress'] else 'NO':8}  test accuracy {r['acc']:.3f}"
+        )
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -66,14 +66,24 @@ def tiny_model(folder: Path) -> Path:
 
     path = folder / "tiny-lite0.pt"
     classes = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
-    save_checkpoint(path, build_model("efficientnet_lite0", len(classes)), arch="efficientnet_lite0",
-                    classes=classes, preprocessing=default_preprocessing("efficientnet_lite0"), half=True)
+    save_checkpoint(
+        path,
+        build_model("efficientnet_lite0", len(classes)),
+        arch="efficientnet_lite0",
+        classes=classes,
+        preprocessing=default_preprocessing("efficientnet_lite0"),
+        half=True,
+    )
     return path
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint (default: the bundled model, else a tiny Lite0)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="checkpoint (default: the bundled model, else a tiny Lite0)"
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--platform", default="offscreen", help="Qt platform: offscreen, xcb, ...")
     args = parser.parse_args()
@@ -85,29 +95,54 @@ def main() -> int:
     if model is None:
         model = str(tiny_model(scratch))
         print("bundled model missing: using an untrained EfficientNet-Lite0 of the same size")
-    env = dict(os.environ, QT_QPA_PLATFORM=args.platform,
-               GARBAGE_SORTER_CONFIG_DIR=str(scratch / "config"), GARBAGE_SORTER_DATA_DIR=str(scratch / "data"))
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM=args.platform,
+        GARBAGE_SORTER_CONFIG_DIR=str(scratch / "config"),
+        GARBAGE_SORTER_DATA_DIR=str(scratch / "data"),
+    )
 
     python = sys.executable
     bare = [_timed([python, "-c", "pass"], env) for _ in range(args.runs)]
     torch_only = [_timed([python, "-c", "import torch"], env) for _ in range(args.runs)]
-    photo = str(Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "photos" / "glass" / "glass422.jpg")
-    runs = [_timed([python, "-c", CHILD, model, photo], env) for _ in range(args.runs + 1)][1:]  # 1st: warm-up
+    photo = str(
+        Path(__file__).resolve().parent.parent
+        / "tests"
+        / "fixtures"
+        / "photos"
+        / "glass"
+        / "glass422.jpg"
+    )
+    runs = [_timed([python, "-c", CHILD, model, photo], env) for _ in range(args.runs + 1)][
+        1:
+    ]  # 1st: warm-up
 
-    print(f"\nwarm start, {args.runs} runs after one warm-up, Qt platform {args.platform}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model {runs[0]['model']}\n")
-    print("wall seconds from process start; CPU seconds of the whole process (user + system), which a")
+    print(
+        f"\nwarm start, {args.runs} runs after one warm-up, Qt platform {args.platform}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model {runs[0]['model']}\n"
+    )
+    print(
+        "wall seconds from process start; CPU seconds of the whole process (user + system), which a"
+    )
     print("busy machine does not inflate\n")
     print(f"{'':48}{'median':>9}{'min':>9}{'max':>9}{'CPU':>9}")
-    rows = [("python -c pass (baseline)", bare, "total"),
-            ("python -c 'import torch' (baseline)", torch_only, "total"),
-            ("app: window shown", runs, "shown"),
-            ("app: model loaded, ready", runs, "loaded"),
-            ("app: first prediction (photo opened at launch)", runs, "predicted")]
+    rows = [
+        ("python -c pass (baseline)", bare, "total"),
+        ("python -c 'import torch' (baseline)", torch_only, "total"),
+        ("app: window shown", runs, "shown"),
+        ("app: model loaded, ready", runs, "loaded"),
+        ("app: first prediction (photo opened at launch)", runs, "predicted"),
+    ]
     for name, marks, key in rows:
         values = [m[key] for m in marks]
-        cpu = "" if key in ("shown", "loaded") else f"{statistics.median(m['cpu'] for m in marks):8.2f}s"
-        print(f"{name:48}{statistics.median(values):8.2f}s{min(values):8.2f}s{max(values):8.2f}s{cpu:>9}")
+        cpu = (
+            ""
+            if key in ("shown", "loaded")
+            else f"{statistics.median(m['cpu'] for m in marks):8.2f}s"
+        )
+        print(
+            f"{name:48}{statistics.median(values):8.2f}s{min(values):8.2f}s{max(values):8.2f}s{cpu:>9}"
+        )
     return 0
 
 

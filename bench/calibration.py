@@ -94,7 +94,9 @@ def main() -> int:
         for _ in range(args.draws):
             right = rng.random(len(p)) < p.max(1)
             eces.append(expected_calibration_error(p, np.where(right, top, (top + 1) % p.shape[1])))
-        floor.append([g, str(mask.sum()), f"{np.median(eces):.3f}", f"{np.quantile(eces, 0.9):.3f}"])
+        floor.append(
+            [g, str(mask.sum()), f"{np.median(eces):.3f}", f"{np.quantile(eces, 0.9):.3f}"]
+        )
 
     print(f"Command: {command_line()}\n\nMachine: {machine_line()}\n")
     print(f"Model {clf.name}; bundled calibration T = {clf.temperature:.2f}\n")

@@ -38,7 +38,7 @@ def make_video(path: Path, fps: float, size: tuple[int, int], seconds: float) ->
         photo = cv2.imread(str(photos[int(i / fps) % len(photos)]))
         big = cv2.resize(photo, (size[0] + 40, size[1] + 30))
         shift = i % 30
-        writer.write(big[shift:shift + size[1], shift:shift + size[0]])
+        writer.write(big[shift : shift + size[1], shift : shift + size[0]])
     writer.release()
     return path
 
@@ -65,14 +65,21 @@ def predict_rate(classifier, path: Path, isolate: bool, seconds: float = 5.0) ->
     classify(classifier, Job("warm-up", frames[0], isolate=isolate, channels="BGR", live=True))
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        classify(classifier, Job("bench", frames[n % len(frames)], isolate=isolate, channels="BGR", live=True))
+        classify(
+            classifier,
+            Job("bench", frames[n % len(frames)], isolate=isolate, channels="BGR", live=True),
+        )
         n += 1
     return n / (time.perf_counter() - start)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint (default: the bundled model, else a tiny Lite0)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="checkpoint (default: the bundled model, else a tiny Lite0)"
+    )
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to sample the window")
     parser.add_argument("--fps", type=float, default=30.0, help="the video's frame rate")
     parser.add_argument("--size", default="640x480", help="the video's frame size")
@@ -124,14 +131,20 @@ def main() -> int:
     steady = samples[3:]  # the first seconds include opening the file and warming the model
     fps = [f for f, _ in steady]
     preds = [p for _, p in steady]
-    print(f"\nvideo {size[0]}x{size[1]} at {args.fps:g} fps as camera; model {Path(model).name} on "
-          f"{classifier.device.type}; isolate {'on' if args.isolate else 'off'}; {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; {len(steady)} one-second samples\n")
+    print(
+        f"\nvideo {size[0]}x{size[1]} at {args.fps:g} fps as camera; model {Path(model).name} on "
+        f"{classifier.device.type}; isolate {'on' if args.isolate else 'off'}; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}; {len(steady)} one-second samples\n"
+    )
     print(f"{'':44}{'median':>8}{'min':>8}{'max':>8}")
     print(f"{'OpenCV decoding the file alone (baseline)':44}{baseline_decode:8.1f}")
     print(f"{'classifier on frames alone, per s (baseline)':44}{baseline_predict:8.1f}")
-    print(f"{'app: preview frames shown per s':44}{statistics.median(fps):8.1f}{min(fps):8d}{max(fps):8d}")
-    print(f"{'app: live predictions per s':44}{statistics.median(preds):8.1f}{min(preds):8d}{max(preds):8d}")
+    print(
+        f"{'app: preview frames shown per s':44}{statistics.median(fps):8.1f}{min(fps):8d}{max(fps):8d}"
+    )
+    print(
+        f"{'app: live predictions per s':44}{statistics.median(preds):8.1f}{min(preds):8d}{max(preds):8d}"
+    )
     return 0 if np.median(fps) > 0 else 1
 
 

@@ -48,10 +48,14 @@ def main() -> int:
                 ious.append(box_iou(a.box, b.box))
     ious = np.array(ious)
     print(f"Command: {command_line()}\n\nMachine: {machine_line()}\n")
-    print(f"{len(files)} photos; median time 320 px {1e3 * statistics.median(t_big):.0f} ms, "
-          f"256 px {1e3 * statistics.median(t_small):.0f} ms")
-    print(f"same decision (crop or whole image): {same}/{len(files)}; both cropped {len(ious)}, "
-          f"box IoU median {np.median(ious):.3f}, >= 0.8 on {(ious >= 0.8).sum()}/{len(ious)}")
+    print(
+        f"{len(files)} photos; median time 320 px {1e3 * statistics.median(t_big):.0f} ms, "
+        f"256 px {1e3 * statistics.median(t_small):.0f} ms"
+    )
+    print(
+        f"same decision (crop or whole image): {same}/{len(files)}; both cropped {len(ious)}, "
+        f"box IoU median {np.median(ious):.3f}, >= 0.8 on {(ious >= 0.8).sum()}/{len(ious)}"
+    )
     return 0
 
 

@@ -78,21 +78,46 @@ def main() -> int:
                 eager(x_naive[r % len(photos)])
 
         rows = [
-            ["naive", "decode (PIL open + convert)",
-             f"{median_ms(lambda r: Image.open(pick(r)).convert('RGB'), args.rounds):.1f}"],
-            ["naive", "preprocess (torchvision)",
-             f"{median_ms(lambda r: naive_tf(raw[r % len(raw)]), args.rounds):.1f}"],
-            ["naive", "network (eager fp32, no_grad)", f"{median_ms(naive_forward, args.rounds):.1f}"],
-            ["project", "decode (load_image, JPEG draft)",
-             f"{median_ms(lambda r: load_image(pick(r), draft=prep.resize), args.rounds):.1f}"],
-            ["project", "preprocess (numpy)",
-             f"{median_ms(lambda r: clf.transform(ours[r % len(ours)]), args.rounds):.1f}"],
-            ["project", "network (PyTorch, channels_last)",
-             f"{median_ms(lambda r: clf.probabilities([x_ours[r % len(photos)]]), args.rounds):.1f}"],
-            ["project", "network (ONNX Runtime fp32)",
-             f"{median_ms(lambda r: onnx32.model.session.run(None, {'input': arrays[r % len(photos)]}), args.rounds):.1f}"],
-            ["project", "network (ONNX Runtime int8)",
-             f"{median_ms(lambda r: onnx8.model.session.run(None, {'input': arrays[r % len(photos)]}), args.rounds):.1f}"],
+            [
+                "naive",
+                "decode (PIL open + convert)",
+                f"{median_ms(lambda r: Image.open(pick(r)).convert('RGB'), args.rounds):.1f}",
+            ],
+            [
+                "naive",
+                "preprocess (torchvision)",
+                f"{median_ms(lambda r: naive_tf(raw[r % len(raw)]), args.rounds):.1f}",
+            ],
+            [
+                "naive",
+                "network (eager fp32, no_grad)",
+                f"{median_ms(naive_forward, args.rounds):.1f}",
+            ],
+            [
+                "project",
+                "decode (load_image, JPEG draft)",
+                f"{median_ms(lambda r: load_image(pick(r), draft=prep.resize), args.rounds):.1f}",
+            ],
+            [
+                "project",
+                "preprocess (numpy)",
+                f"{median_ms(lambda r: clf.transform(ours[r % len(ours)]), args.rounds):.1f}",
+            ],
+            [
+                "project",
+                "network (PyTorch, channels_last)",
+                f"{median_ms(lambda r: clf.probabilities([x_ours[r % len(photos)]]), args.rounds):.1f}",
+            ],
+            [
+                "project",
+                "network (ONNX Runtime fp32)",
+                f"{median_ms(lambda r: onnx32.model.session.run(None, {'input': arrays[r % len(photos)]}), args.rounds):.1f}",
+            ],
+            [
+                "project",
+                "network (ONNX Runtime int8)",
+                f"{median_ms(lambda r: onnx8.model.session.run(None, {'input': arrays[r % len(photos)]}), args.rounds):.1f}",
+            ],
         ]
         from torch.profiler import ProfilerActivity, profile
 
@@ -102,9 +127,11 @@ def main() -> int:
         ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
     print(f"Command: {command_line()}\n\nMachine: {machine_line()}\n")
-    print(f"**{ARCH_NAMES[args.arch]}**, {args.threads} threads, one TrashNet photo per call "
-          f"({Image.open(photos[0]).size[0]}x{Image.open(photos[0]).size[1]}), median of "
-          f"{args.rounds} calls per stage\n")
+    print(
+        f"**{ARCH_NAMES[args.arch]}**, {args.threads} threads, one TrashNet photo per call "
+        f"({Image.open(photos[0]).size[0]}x{Image.open(photos[0]).size[1]}), median of "
+        f"{args.rounds} calls per stage\n"
+    )
     print(table(["pipeline", "stage", "median ms"], rows))
     print(f"\ntorch.profiler, the project's network, {args.rounds} calls:\n\n```\n{ops}```")
     return 0

@@ -34,7 +34,9 @@ def scores(classifier):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="checkpoint (default: the bundled model)")
-    parser.add_argument("--split", type=Path, default=REPO / "docs" / "model" / "split" / "test.txt")
+    parser.add_argument(
+        "--split", type=Path, default=REPO / "docs" / "model" / "split" / "test.txt"
+    )
     parser.add_argument(
         "--calibration",
         type=Path,

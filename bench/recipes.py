@@ -32,6 +32,7 @@ BASE = dict(
     workers=1,
     linear_probe_epochs=1,
 )
+# fmt: off
 VARIANTS = {
     # name: (sources, overrides)
     "tn+rw, LP-FT, backgrounds, strong aug": ("all", dict(background_aug=0.5, aug_strength=1.5)),
@@ -55,6 +56,7 @@ VARIANTS = {
     "tn+rw, linear probe": ("all", dict(mode="head")),
     "tn+rw, linear probe, Lite2": ("all", dict(mode="head", arch="efficientnet_lite2")),
 }
+# fmt: on
 
 
 def shared_split(out: Path) -> Path:

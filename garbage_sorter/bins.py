@@ -207,5 +207,3 @@ def _read_settings() -> dict[str, Any]:
         warnings.warn(f"Ignoring unreadable settings file {path}: {exc}", stacklevel=3)
         return {}
     return settings if isinstance(settings, dict) else {}
-
-

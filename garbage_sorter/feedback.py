@@ -43,7 +43,12 @@ def save_correction(image: Image.Image, label: str, root: Path | None = None) ->
         FeedbackError: the file could not be written (disk full, no permission); nothing
             saved earlier is touched.
     """
-    if not label or label in (".", "..") or any(c in label for c in "/\\\0") or label.startswith("."):
+    if (
+        not label
+        or label in (".", "..")
+        or any(c in label for c in "/\\\0")
+        or label.startswith(".")
+    ):
         raise ValueError(f"not a usable class name: {label!r}")
     folder = (root or feedback_dir()) / label
     # Time first so a folder listing reads in the order the corrections were made.
@@ -59,8 +64,10 @@ def save_correction(image: Image.Image, label: str, root: Path | None = None) ->
             handle.write(encoded.getbuffer())
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise FeedbackError("The disk is full: this correction was not saved. "
-                                "Corrections saved before are safe.") from exc
+            raise FeedbackError(
+                "The disk is full: this correction was not saved. "
+                "Corrections saved before are safe."
+            ) from exc
         reason = exc.strerror or str(exc)
         raise FeedbackError(f"Could not save the correction in {folder}: {reason}") from exc
     return path

@@ -102,9 +102,14 @@ def test_uncertain_answers_say_not_sure(tmp_path, photos):
     from garbage_sorter.presets import default_preprocessing
 
     model = tmp_path / "unsure.pt"
-    save_checkpoint(model, build_model("efficientnet_lite0", len(CLASSES)), arch="efficientnet_lite0",
-                    classes=CLASSES, preprocessing=default_preprocessing("efficientnet_lite0"),
-                    calibration={"temperature": 1.0, "threshold": 0.99})
+    save_checkpoint(
+        model,
+        build_model("efficientnet_lite0", len(CLASSES)),
+        arch="efficientnet_lite0",
+        classes=CLASSES,
+        preprocessing=default_preprocessing("efficientnet_lite0"),
+        calibration={"temperature": 1.0, "threshold": 0.99},
+    )
     proc = run_cli("classify", "--json", "--model", str(model), str(photos[0]))
     answer = json.loads(proc.stdout)
     assert answer["uncertain"] is True and answer["label"] in CLASSES

@@ -22,9 +22,10 @@ def test_import_contracts_hold():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_ruff_is_clean():
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_ruff_is_clean(command):
     proc = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "garbage_sorter", "training", "bench", "tests"],
+        [sys.executable, "-m", "ruff", *command, "garbage_sorter", "training", "bench", "tests"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -86,7 +87,10 @@ def test_training_imports_no_front_end():
     forbidden = ("PySide6", "gradio", "garbage_sorter.ui", "garbage_sorter.web")
     for path in (ROOT / "training").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"

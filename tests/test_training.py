@@ -189,8 +189,20 @@ def test_kaggle_offline_is_a_clear_message(tmp_path):
 def test_head_mode_on_a_random_backbone_is_a_clear_refusal(tiny_dataset, tmp_path):
     """ResNet-18 without ImageNet weights (offline) has no features worth a linear head; the
     run used to end with NaN features and a checkpoint that could not be loaded."""
-    proc = cli("train", "--data", str(tiny_dataset), "--mode", "head", "--arch", "resnet18",
-               "--weights", "none", "--out", str(tmp_path / "r"), timeout=300)
+    proc = cli(
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--mode",
+        "head",
+        "--arch",
+        "resnet18",
+        "--weights",
+        "none",
+        "--out",
+        str(tmp_path / "r"),
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "--mode full" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r" / "best.pt").exists()

@@ -350,6 +350,8 @@ def test_the_committed_split_loads_from_any_working_directory(monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)
     split = load_split(TESTS.parent / "docs" / "model" / "split")
     assert {name: len(part) for name, part in split.items()} == {
-        "train": 2000, "val": 429, "test": 428
+        "train": 2000,
+        "val": 429,
+        "test": 428,
     }
     assert all(Path(s.path).is_absolute() and Path(s.path).is_file() for s in split["test"])

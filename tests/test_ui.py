@@ -72,12 +72,22 @@ def drop(window: MainWindow, paths) -> None:
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     centre = window.view.geometry().center()
-    enter = QDragEnterEvent(centre, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(
+        centre,
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     QApplication.sendEvent(window, enter)
     assert enter.isAccepted()
-    event = QDropEvent(QPointF(centre), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                       Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPointF(centre),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     QApplication.sendEvent(window, event)
 
 
@@ -91,18 +101,28 @@ def drop_and_wait(qtbot, window: MainWindow, paths) -> None:
 
 def test_window_shows_model_device_and_shortcuts(window, tiny_model):
     assert window.isVisible()
-    assert "tiny.pt" in window.status_model.text() and "efficientnet_lite0" in window.status_model.text()
+    assert (
+        "tiny.pt" in window.status_model.text()
+        and "efficientnet_lite0" in window.status_model.text()
+    )
     assert window.status_device.text() == "CPU"
     available = window.screen().availableGeometry()  # 800x800 offscreen; a real desktop is larger
-    assert window.width() >= min(900, 0.9 * available.width()) and window.width() <= available.width()
-    assert window.height() >= min(600, 0.9 * available.height()) and window.height() <= available.height()
+    assert (
+        window.width() >= min(900, 0.9 * available.width()) and window.width() <= available.width()
+    )
+    assert (
+        window.height() >= min(600, 0.9 * available.height())
+        and window.height() <= available.height()
+    )
     keys = {a.text(): a.shortcut().toString() for a in window.actions()}
     assert keys["&Open photos…"] == "Ctrl+O" and keys["&Paste photo"] == "Ctrl+V"
     assert keys["&Capture frame"] == "Space" and keys["&Quit"] == "Ctrl+Q"
     assert window.result_panel.wrong_menu.actions()[0].data() == "cardboard"
 
 
-def test_model_that_fails_to_load_is_a_message_not_a_crash(qtbot, open_window, tiny_model, tmp_path, photos):
+def test_model_that_fails_to_load_is_a_message_not_a_crash(
+    qtbot, open_window, tiny_model, tmp_path, photos
+):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint at all")
     win = open_window(broken)
@@ -132,7 +152,9 @@ def test_a_failed_swap_keeps_the_model_in_use(qtbot, window, tmp_path):
 
 def test_model_card(qtbot, window):
     window.card_action.trigger()
-    dialog = window.findChild(__import__("garbage_sorter.ui.dialogs", fromlist=["x"]).ModelCardDialog)
+    dialog = window.findChild(
+        __import__("garbage_sorter.ui.dialogs", fromlist=["x"]).ModelCardDialog
+    )
     assert dialog.isVisible()
     assert dialog.values["Architecture"] == "efficientnet_lite0"
     assert dialog.values["Running on"] == "CPU" and "cardboard" in dialog.values["Classes"]
@@ -143,7 +165,9 @@ def test_run_returns_an_exit_code_and_opens_despite_a_bad_model(qtbot, tmp_path)
     application()
 
     def close_when_ready():
-        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
+        windows = [
+            w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()
+        ]
         if windows and "Could not load the model" in windows[0].notice.message():
             windows[0].close()
         else:
@@ -188,7 +212,10 @@ def test_dropped_files_and_folders_are_classified_into_the_history(qtbot, window
 def test_a_bad_file_shows_a_message_and_the_rest_still_work(qtbot, window, photos):
     drop_and_wait(qtbot, window, [TRUNCATED, photos[0]])
     assert window.notice.level == "error"
-    assert "truncated.jpg" in window.notice.message() and "truncated or damaged" in window.notice.message()
+    assert (
+        "truncated.jpg" in window.notice.message()
+        and "truncated or damaged" in window.notice.message()
+    )
     assert [r.source for r in window.results.values()] == [photos[0].name]
     assert "1 could not be read" in window.statusBar().currentMessage()
 
@@ -207,8 +234,10 @@ def test_dropping_20_photos_never_stalls_the_event_loop(qtbot, window, tiny_data
     timer.stop()
     gaps = np.diff(ticks) * 1000
     load = os.getloadavg()[0]
-    print(f"\nevent loop while classifying 20 dropped photos: {len(gaps)} ticks, "
-          f"max gap {gaps.max():.1f} ms, median {np.median(gaps):.1f} ms (load average {load:.1f})")
+    print(
+        f"\nevent loop while classifying 20 dropped photos: {len(gaps)} ticks, "
+        f"max gap {gaps.max():.1f} ms, median {np.median(gaps):.1f} ms (load average {load:.1f})"
+    )
     assert len(window.results) == 20
     # The acceptance figure is 100 ms. A machine whose run queue is several times its cores
     # (other jobs) delays any thread that long, whatever this app does; then only gross stalls fail.
@@ -224,7 +253,9 @@ def test_paste_an_image_from_the_clipboard(qtbot, window, photos):
     assert window.current.image.size == Image.open(photos[0]).size
 
 
-def test_region_switch_changes_the_bin_colour_and_is_remembered(qtbot, window, photos, open_window, tiny_model):
+def test_region_switch_changes_the_bin_colour_and_is_remembered(
+    qtbot, window, photos, open_window, tiny_model
+):
     drop_and_wait(qtbot, window, photos[:1])
     label = window.current.prediction.label
     shown = window.result_panel.swatch.colour()
@@ -235,7 +266,9 @@ def test_region_switch_changes_the_bin_colour_and_is_remembered(qtbot, window, p
     assert window.result_panel.bin_name.text() == other.bin_for(label).name
     assert window.classifier.region.id == other.id
     assert app_settings().value("region") == other.id
-    qtbot.waitUntil(lambda: bins.saved_region() == other.id, timeout=WAIT)  # saved in the background
+    qtbot.waitUntil(
+        lambda: bins.saved_region() == other.id, timeout=WAIT
+    )  # saved in the background
     again = open_window(tiny_model)
     assert again.region.id == other.id and again.region_actions[other.id].isChecked()
 
@@ -285,8 +318,13 @@ def full_disk(tmp_path):
     """A real, full 64 KiB tmpfs (needs root), else skip (tests/test_feedback.py covers the rest)."""
     mount = tmp_path / "full"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     (mount / "feedback" / "glass").mkdir(parents=True)
     earlier = mount / "feedback" / "glass" / "earlier.jpg"
@@ -300,7 +338,9 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_a_full_disk_when_saving_feedback_is_a_message(qtbot, window, photos, full_disk, monkeypatch):
+def test_a_full_disk_when_saving_feedback_is_a_message(
+    qtbot, window, photos, full_disk, monkeypatch
+):
     drop_and_wait(qtbot, window, photos[:1])
     monkeypatch.setenv("GARBAGE_SORTER_DATA_DIR", str(full_disk))
     earlier = full_disk / "feedback" / "glass" / "earlier.jpg"
@@ -346,7 +386,9 @@ def test_video_file_camera_previews_and_predicts_latest_frame(qtbot, window, vid
     with qtbot.waitSignal(window.batch_done, timeout=WAIT):
         qtbot.keyClick(window, Qt.Key.Key_Space)
     assert window.history.count() == 1 and window.current.source.startswith("Camera ")
-    assert window.current.image.size == (320, 240) and window.capture_button.text().startswith("Resume")
+    assert window.current.image.size == (320, 240) and window.capture_button.text().startswith(
+        "Resume"
+    )
     qtbot.keyClick(window, Qt.Key.Key_Space)
     before = len(live)
     qtbot.waitUntil(lambda: len(live) > before, timeout=WAIT)
@@ -354,7 +396,9 @@ def test_video_file_camera_previews_and_predicts_latest_frame(qtbot, window, vid
     assert window.camera is None and window.view.image() is window.current.display
 
 
-def test_camera_that_cannot_open_is_a_message_and_files_still_work(qtbot, window, video, photos, tmp_path):
+def test_camera_that_cannot_open_is_a_message_and_files_still_work(
+    qtbot, window, video, photos, tmp_path
+):
     for source in (parse_source("97"), parse_source(str(tmp_path / "no-such-video.mp4"))):
         camera = window.start_camera(source)
         with qtbot.waitSignal(camera.failed, timeout=WAIT):
@@ -400,9 +444,12 @@ class FlakyCapture:
         self._capture.release()
 
 
-@pytest.mark.parametrize("fault, message", [("unplugged", "stopped sending pictures"),
-                                            ("garbage", "cannot be used")])
-def test_camera_fault_mid_stream_then_reselect_recovers(qtbot, window, video, fault, message, monkeypatch):
+@pytest.mark.parametrize(
+    "fault, message", [("unplugged", "stopped sending pictures"), ("garbage", "cannot be used")]
+)
+def test_camera_fault_mid_stream_then_reselect_recovers(
+    qtbot, window, video, fault, message, monkeypatch
+):
     monkeypatch.setattr(camera_module, "LOST_AFTER_SECONDS", 0.3)
     source = CameraSource(0, "Camera 1")  # a live camera whose frames come from the video
 
@@ -429,8 +476,13 @@ def test_usable_frame_and_sources():
     assert usable_frame(frame) is frame
     assert usable_frame(np.zeros((48, 64), np.uint8)).shape == (48, 64, 3)
     assert usable_frame(np.zeros((48, 64, 4), np.uint8)).shape == (48, 64, 3)
-    for bad in (None, "x", np.zeros((48, 64, 3), np.float32), np.zeros((4, 4, 3), np.uint8),
-                np.zeros((48, 64, 2), np.uint8)):
+    for bad in (
+        None,
+        "x",
+        np.zeros((48, 64, 3), np.float32),
+        np.zeros((4, 4, 3), np.uint8),
+        np.zeros((48, 64, 2), np.uint8),
+    ):
         assert usable_frame(bad) is None
     assert parse_source("0") == CameraSource(0, "Camera 1")
     assert parse_source("clip.mp4").is_file and not parse_source(2).is_file
@@ -450,14 +502,19 @@ def _retrain_dialog(window, folder: Path):
 
 
 def test_head_retrain_cancel_keeps_the_old_model_then_a_run_swaps_it(
-        qtbot, window, tiny_dataset, tiny_model, photos, tmp_path, monkeypatch):
+    qtbot, window, tiny_dataset, tiny_model, photos, tmp_path, monkeypatch
+):
     monkeypatch.setenv("GARBAGE_SORTER_CACHE_DIR", str(tmp_path / "cache"))  # features to compute
     drop_and_wait(qtbot, window, photos[:1])
     before = window.classifier
     digest = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
     dialog = _retrain_dialog(window, tiny_dataset)
     config = dialog.config()
-    assert config.weights == str(tiny_model) and config.mode == "head" and config.arch == "efficientnet_lite0"
+    assert (
+        config.weights == str(tiny_model)
+        and config.mode == "head"
+        and config.arch == "efficientnet_lite0"
+    )
 
     # Cancel once the run is under way: the old model stays, in the app and on disk.
     dialog.start()
@@ -485,12 +542,16 @@ def test_head_retrain_cancel_keeps_the_old_model_then_a_run_swaps_it(
     assert {p.stage for p in progress} >= {"audit", "features", "done"}
     qtbot.waitUntil(lambda: dialog.use_button.isVisible(), timeout=WAIT)
     assert "Test accuracy" in dialog.summary.text() and dialog.progress.value() == 1000
-    print(f"\nevent loop during the retrain: max gap {np.diff(ticks).max() * 1000:.0f} ms "
-          f"(load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"\nevent loop during the retrain: max gap {np.diff(ticks).max() * 1000:.0f} ms "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
     with qtbot.waitSignal(window.model_loaded, timeout=WAIT):
         dialog.use_button.click()
     assert window.classifier is not before
-    assert window.model_path == str(result.best) and app_settings().value("model") == str(result.best)
+    assert window.model_path == str(result.best) and app_settings().value("model") == str(
+        result.best
+    )
     assert hashlib.sha256(tiny_model.read_bytes()).hexdigest() == digest
     drop_and_wait(qtbot, window, photos[:1])  # the new model answers
     assert window.current.prediction.label in window.classifier.classes

@@ -599,8 +599,9 @@ def main(
         start = load_checkpoint(weights)
         if start.classes == classes:
             # Same classes: continue from the whole model, head included, not just its backbone.
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                   for k, v in start.state_dict.items()})
+            model.load_state_dict(
+                {k: v.float() if v.is_floating_point() else v for k, v in start.state_dict.items()}
+            )
     log(f"Model: {arch}, weights {weights}, {len(classes)} classes: {', '.join(classes)}")
     norm = normalizer(prep, device)
 

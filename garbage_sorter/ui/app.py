@@ -71,8 +71,12 @@ def application() -> QApplication:
     return app
 
 
-def create_window(model: str | None = None, device: str = "auto", camera: int | str | None = None,
-                  region: str | None = None) -> MainWindow:
+def create_window(
+    model: str | None = None,
+    device: str = "auto",
+    camera: int | str | None = None,
+    region: str | None = None,
+) -> MainWindow:
     """A shown window that is loading ``model`` (default: the last one chosen, else the bundled one)."""
     window = MainWindow(device=device, region=region)
     window.show()
@@ -88,12 +92,18 @@ def _no_display() -> str | None:
         return None
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
         return None
-    return ("no display to open a window on (DISPLAY and WAYLAND_DISPLAY are unset). "
-            "Run it on a desktop, or try `garbage-sorter classify` or `garbage-sorter web`.")
+    return (
+        "no display to open a window on (DISPLAY and WAYLAND_DISPLAY are unset). "
+        "Run it on a desktop, or try `garbage-sorter classify` or `garbage-sorter web`."
+    )
 
 
-def run(model: str | None = None, device: str = "auto", camera: int | str | None = None,
-        region: str | None = None) -> int:
+def run(
+    model: str | None = None,
+    device: str = "auto",
+    camera: int | str | None = None,
+    region: str | None = None,
+) -> int:
     """Open the window and run until it is closed; returns the exit status.
 
     A model that fails to load, a camera that fails, or an unknown region do not stop the app:

@@ -122,8 +122,9 @@ class CameraWorker(QThread):
     frame_ready = Signal()
     failed = Signal(str)
 
-    def __init__(self, source: CameraSource, opener: Callable[[int | str], Any] | None = None,
-                 parent=None):
+    def __init__(
+        self, source: CameraSource, opener: Callable[[int | str], Any] | None = None, parent=None
+    ):
         super().__init__(parent)
         self.source = source
         self._opener = opener or open_capture
@@ -163,8 +164,10 @@ class CameraWorker(QThread):
             if not Path(self.source.device).exists():
                 return f"Could not open {self.source.title}: no such file."
             return f"Could not open {self.source.title}: not a video OpenCV can read."
-        return (f"Could not open {self.source.title}: it may be unplugged or in use by another "
-                f"program. Photos still work: drop them here or press Ctrl+O.")
+        return (
+            f"Could not open {self.source.title}: it may be unplugged or in use by another "
+            f"program. Photos still work: drop them here or press Ctrl+O."
+        )
 
     def _loop(self, capture: Any) -> None:
         import cv2
@@ -195,8 +198,10 @@ class CameraWorker(QThread):
             if frame is None:
                 bad += 1
                 if bad >= MAX_BAD_FRAMES:
-                    self.failed.emit(f"{self.source.title} sends pictures that cannot be used "
-                                     f"(a driver problem?). Choose it again from the Camera menu to retry.")
+                    self.failed.emit(
+                        f"{self.source.title} sends pictures that cannot be used "
+                        f"(a driver problem?). Choose it again from the Camera menu to retry."
+                    )
                     return
                 continue
             bad, rewound, last_good = 0, False, time.monotonic()
@@ -217,10 +222,14 @@ class CameraWorker(QThread):
         if self.source.is_file and not self.frames_read:
             return f"{self.source.title} holds no frames that can be read."
         if not self.frames_read:
-            return (f"{self.source.title} opened but sends no pictures: it may be in use by another "
-                    f"program. Choose it again from the Camera menu to retry.")
-        return (f"{self.source.title} stopped sending pictures (unplugged?). Choose it again from "
-                f"the Camera menu to reconnect; photos still work meanwhile.")
+            return (
+                f"{self.source.title} opened but sends no pictures: it may be in use by another "
+                f"program. Choose it again from the Camera menu to retry."
+            )
+        return (
+            f"{self.source.title} stopped sending pictures (unplugged?). Choose it again from "
+            f"the Camera menu to reconnect; photos still work meanwhile."
+        )
 
     def _publish(self, frame: np.ndarray) -> None:
         image = array_to_qimage(frame, bgr=True)

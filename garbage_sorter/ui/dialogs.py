@@ -53,8 +53,16 @@ class RetrainDialog(QDialog):
     use_model = Signal(str)
     folders_changed = Signal(list)
 
-    def __init__(self, *, model_path: str, arch: str, corrections: dict[str, int],
-                 corrections_dir: Path, folders: list[str], parent: QWidget | None = None):
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        arch: str,
+        corrections: dict[str, int],
+        corrections_dir: Path,
+        folders: list[str],
+        parent: QWidget | None = None,
+    ):
         super().__init__(parent)
         self.setWindowTitle("Retrain the model")
         self.setMinimumWidth(560)
@@ -69,7 +77,8 @@ class RetrainDialog(QDialog):
         total = self._corrections_total = sum(corrections.values())
         self.use_corrections = QCheckBox(
             f"My corrections ({total} photo{'s' if total != 1 else ''} in {len(corrections)} "
-            f"class{'es' if len(corrections) != 1 else ''})")
+            f"class{'es' if len(corrections) != 1 else ''})"
+        )
         self.use_corrections.setChecked(total > 0)
         self.use_corrections.setEnabled(total > 0)
         data_layout.addWidget(self.use_corrections)
@@ -91,7 +100,9 @@ class RetrainDialog(QDialog):
 
         training = QGroupBox("Training")
         form = QFormLayout(training)
-        self.head_mode = QRadioButton("Head only: reuse the current model's features (minutes on a laptop)")
+        self.head_mode = QRadioButton(
+            "Head only: reuse the current model's features (minutes on a laptop)"
+        )
         self.full_mode = QRadioButton("Full fine-tune: every layer (slow without a GPU)")
         self.head_mode.setChecked(True)
         modes = QButtonGroup(self)
@@ -185,7 +196,9 @@ class RetrainDialog(QDialog):
         self.log.clear()
         self.progress.setValue(0)
         self.stage.setText("Starting…")
-        self.folders_changed.emit([self.folders.item(i).text() for i in range(self.folders.count())])
+        self.folders_changed.emit(
+            [self.folders.item(i).text() for i in range(self.folders.count())]
+        )
         self.worker = TrainWorker(config, self)
         self.worker.progress.connect(self._on_progress)
         self.worker.succeeded.connect(self._on_succeeded)
@@ -210,8 +223,15 @@ class RetrainDialog(QDialog):
         self.close()
 
     def _set_running(self, running: bool) -> None:
-        for widget in (self.start_button, self.use_corrections, self.folders, self.add_folder_button,
-                       self.remove_folder_button, self.head_mode, self.full_mode):
+        for widget in (
+            self.start_button,
+            self.use_corrections,
+            self.folders,
+            self.add_folder_button,
+            self.remove_folder_button,
+            self.head_mode,
+            self.full_mode,
+        ):
             widget.setEnabled(not running)
         self.use_corrections.setEnabled(not running and self._corrections_total > 0)
         self._on_mode_toggled(self.head_mode.isChecked())
@@ -226,7 +246,9 @@ class RetrainDialog(QDialog):
         if p.message:
             self.stage.setText(p.message[:1].upper() + p.message[1:])
         if p.stage == "train" and p.steps and p.epochs:
-            self.progress.setValue(round(1000 * (p.epoch * p.steps + p.step) / (p.epochs * p.steps)))
+            self.progress.setValue(
+                round(1000 * (p.epoch * p.steps + p.step) / (p.epochs * p.steps))
+            )
         elif p.stage == "features" and p.steps:
             self.progress.setValue(round(1000 * p.step / p.steps))
         elif p.stage == "done":
@@ -236,8 +258,10 @@ class RetrainDialog(QDialog):
     def _on_succeeded(self, result) -> None:
         self.result = result
         test = result.metrics.get("test", {})
-        lines = [f"<b>Finished.</b> Test accuracy <b>{test.get('acc', float('nan')):.1%}</b> "
-                 f"on {test.get('n', 0)} held-out photos"]
+        lines = [
+            f"<b>Finished.</b> Test accuracy <b>{test.get('acc', float('nan')):.1%}</b> "
+            f"on {test.get('n', 0)} held-out photos"
+        ]
         val = result.metrics.get("val", {})
         if "acc" in val:
             lines.append(f"validation accuracy {val['acc']:.1%}")
@@ -245,7 +269,9 @@ class RetrainDialog(QDialog):
         if recall:
             worst = min(recall, key=recall.get)
             lines.append(f"weakest class: {worst} ({recall[worst]:.0%} found)")
-        lines.append(f'<a href="{QUrl.fromLocalFile(str(result.out)).toString()}">Open the run folder</a>')
+        lines.append(
+            f'<a href="{QUrl.fromLocalFile(str(result.out)).toString()}">Open the run folder</a>'
+        )
         self.summary.setText("<br>".join(lines))
         self.stage.setText("Done. The current model stays in use until you choose the new one.")
         self.eta.setText("")
@@ -277,8 +303,9 @@ class RetrainDialog(QDialog):
 
     def _on_mode_toggled(self, head: bool) -> None:
         self.epochs.setEnabled(not head and self.worker is None)
-        self.epochs.setToolTip("Head mode fits the last layer in one go; epochs apply to full mode."
-                               if head else "")
+        self.epochs.setToolTip(
+            "Head mode fits the last layer in one go; epochs apply to full mode." if head else ""
+        )
 
     def _on_add_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "A folder with one sub-folder per class")
@@ -314,7 +341,11 @@ class ModelCardDialog(QDialog):
         self.setMinimumWidth(460)
         form = QFormLayout(self)
         test = card.get("metrics", {}).get("test", {})
-        accuracy = f"{test['acc']:.1%} on {test.get('n', '?')} test photos" if "acc" in test else "not measured"
+        accuracy = (
+            f"{test['acc']:.1%} on {test.get('n', '?')} test photos"
+            if "acc" in test
+            else "not measured"
+        )
         calibration = card.get("calibration", {})
         rows = [
             ("File", card.get("path") or "bundled"),

@@ -161,7 +161,9 @@ class InferenceWorker(QThread):
         except Exception as exc:  # noqa: BLE001 - one bad image must not end the worker
             traceback.print_exception(exc, file=sys.stderr)
             if not job.live:
-                self.failed.emit(job.id, job.source, f"unexpected error ({type(exc).__name__}: {exc})")
+                self.failed.emit(
+                    job.id, job.source, f"unexpected error ({type(exc).__name__}: {exc})"
+                )
         else:
             self.answered.emit(result)
 
@@ -192,8 +194,9 @@ def classify(classifier, job: Job) -> Result:
         box, mask, extra_seconds = isolation.box, isolation.mask, isolation.seconds
     prediction = classifier.predict(image.crop(box) if box else image, crop=False)
     if job.isolate:
-        prediction = dataclasses.replace(prediction, crop_box=box,
-                                         seconds=prediction.seconds + extra_seconds)
+        prediction = dataclasses.replace(
+            prediction, crop_box=box, seconds=prediction.seconds + extra_seconds
+        )
     display = pil_to_qimage(shown, DISPLAY_MAX_SIDE)
     return Result(
         job_id=job.id,

@@ -53,12 +53,18 @@ def _expected(exc: Exception) -> bool:
     from garbage_sorter.images import ImageLoadError
 
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return isinstance(exc, (ImageLoadError, OSError)) or bool(names & {"CheckpointError", "FeedbackError", "ExplainError"})
+    return isinstance(exc, (ImageLoadError, OSError)) or bool(
+        names & {"CheckpointError", "FeedbackError", "ExplainError"}
+    )
 
 
-def run_task(fn: Callable[..., Any], *args: Any, parent: QObject,
-             on_done: Callable[[Any], None] | None = None,
-             on_error: Callable[[Exception], None] | None = None) -> Task:
+def run_task(
+    fn: Callable[..., Any],
+    *args: Any,
+    parent: QObject,
+    on_done: Callable[[Any], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None,
+) -> Task:
     """Start ``fn(*args)`` in the pool; ``on_done``/``on_error`` should be QObject methods."""
     task = Task(fn, *args, parent=parent)
     if on_done is not None:

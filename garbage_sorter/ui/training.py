@@ -67,8 +67,11 @@ class TrainWorker(QThread):
         stop = context.Event()
         # Not a daemon: DataLoader workers are children of the child. If the app dies instead of
         # closing, the child notices its parent is gone and stops by itself.
-        child = context.Process(target=train_in_child, args=(self.config, events, stop, os.getpid()),
-                                name="garbage-sorter-train")
+        child = context.Process(
+            target=train_in_child,
+            args=(self.config, events, stop, os.getpid()),
+            name="garbage-sorter-train",
+        )
         if self._stop.is_set():
             self.cancelled.emit()
             return
@@ -86,7 +89,9 @@ class TrainWorker(QThread):
                     kind, payload = events.get(timeout=0.1)
                 except queue.Empty:
                     if not child.is_alive():
-                        self.failed.emit(f"Training stopped unexpectedly (exit code {child.exitcode}).")
+                        self.failed.emit(
+                            f"Training stopped unexpectedly (exit code {child.exitcode})."
+                        )
                         return
                     continue
                 if kind == "progress":
@@ -124,7 +129,9 @@ def train_in_child(config, events: Any, stop: Any, parent: int) -> None:
     try:
         if should_stop():  # cancelled while this process was starting
             raise Cancelled()
-        result = main(config, on_progress=lambda p: events.put(("progress", p)), should_stop=should_stop)
+        result = main(
+            config, on_progress=lambda p: events.put(("progress", p)), should_stop=should_stop
+        )
     except Cancelled:
         events.put(("cancelled", None))
     except BaseException as exc:  # noqa: BLE001 - everything becomes a message for the window

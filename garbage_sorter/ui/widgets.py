@@ -38,12 +38,20 @@ class ImageView(QWidget):
         self._source_size: QSize | None = None
         self._caption = ""
         self._highlight = False
-        self.placeholder = ("Drop photos or folders here",
-                            "or open files (Ctrl+O), paste (Ctrl+V), or start a camera")
+        self.placeholder = (
+            "Drop photos or folders here",
+            "or open files (Ctrl+O), paste (Ctrl+V), or start a camera",
+        )
 
-    def set_image(self, image: QImage | None, *, box: tuple[int, int, int, int] | None = None,
-                  source_size: tuple[int, int] | None = None, mask: QImage | None = None,
-                  caption: str = "") -> None:
+    def set_image(
+        self,
+        image: QImage | None,
+        *,
+        box: tuple[int, int, int, int] | None = None,
+        source_size: tuple[int, int] | None = None,
+        mask: QImage | None = None,
+        caption: str = "",
+    ) -> None:
         """Show ``image``; ``box`` is in the pixels of the original (``source_size``) image."""
         self._image, self._mask, self._box, self._caption = image, mask, box, caption
         self._source_size = QSize(*source_size) if source_size else None
@@ -65,14 +73,17 @@ class ImageView(QWidget):
             return QRectF()
         area = QRectF(self.rect()).adjusted(12, 12, -12, -12)
         size = QSize(self._image.width(), self._image.height()).scaled(
-            area.size().toSize(), Qt.AspectRatioMode.KeepAspectRatio)
+            area.size().toSize(), Qt.AspectRatioMode.KeepAspectRatio
+        )
         x = area.x() + (area.width() - size.width()) / 2
         y = area.y() + (area.height() - size.height()) / 2
         return QRectF(x, y, size.width(), size.height())
 
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
-        painter.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform)
+        painter.setRenderHints(
+            QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform
+        )
         painter.fillRect(self.rect(), QColor("#24292e"))
         if self._image is None or self._image.isNull():
             self._paint_placeholder(painter)
@@ -101,18 +112,24 @@ class ImageView(QWidget):
         painter.setFont(font)
         painter.setPen(QColor("#d0d7de"))
         centre = frame.center()
-        painter.drawText(QRectF(frame.left(), centre.y() - 40, frame.width(), 36),
-                         Qt.AlignmentFlag.AlignCenter, title)
+        painter.drawText(
+            QRectF(frame.left(), centre.y() - 40, frame.width(), 36),
+            Qt.AlignmentFlag.AlignCenter,
+            title,
+        )
         painter.setFont(self.font())
         painter.setPen(QColor("#8b949e"))
-        painter.drawText(QRectF(frame.left(), centre.y(), frame.width(), 28),
-                         Qt.AlignmentFlag.AlignCenter, hint)
+        painter.drawText(
+            QRectF(frame.left(), centre.y(), frame.width(), 28), Qt.AlignmentFlag.AlignCenter, hint
+        )
 
     def _paint_box(self, painter: QPainter, target: QRectF) -> None:
         size = self._source_size or QSize(self._image.width(), self._image.height())
         sx, sy = target.width() / size.width(), target.height() / size.height()
         left, top, right, bottom = self._box
-        rect = QRectF(target.x() + left * sx, target.y() + top * sy, (right - left) * sx, (bottom - top) * sy)
+        rect = QRectF(
+            target.x() + left * sx, target.y() + top * sy, (right - left) * sx, (bottom - top) * sy
+        )
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.setPen(QPen(QColor(0, 0, 0, 140), 5))
         painter.drawRoundedRect(rect, 6, 6)
@@ -122,7 +139,9 @@ class ImageView(QWidget):
     def _paint_caption(self, painter: QPainter, target: QRectF) -> None:
         metrics = painter.fontMetrics()
         width = metrics.horizontalAdvance(self._caption) + 20
-        chip = QRectF(target.left() + 10, target.bottom() - metrics.height() - 18, width, metrics.height() + 8)
+        chip = QRectF(
+            target.left() + 10, target.bottom() - metrics.height() - 18, width, metrics.height() + 8
+        )
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(0, 0, 0, 170))
         painter.drawRoundedRect(chip, 6, 6)
@@ -163,8 +182,14 @@ class Swatch(QWidget):
         painter.end()
 
 
-def _label(text: str = "", *, size: float = 1.0, bold: bool = False, muted: bool = False,
-           wrap: bool = False) -> QLabel:
+def _label(
+    text: str = "",
+    *,
+    size: float = 1.0,
+    bold: bool = False,
+    muted: bool = False,
+    wrap: bool = False,
+) -> QLabel:
     label = QLabel(text)
     font = label.font()
     font.setPointSizeF(font.pointSizeF() * size)
@@ -283,7 +308,9 @@ class ResultPanel(QFrame):
 
     def set_actions_enabled(self, on: bool, why_hint: str = "") -> None:
         self.wrong_button.setEnabled(on)
-        self.wrong_button.setToolTip(why_hint or "Save this photo under the right class, to retrain with")
+        self.wrong_button.setToolTip(
+            why_hint or "Save this photo under the right class, to retrain with"
+        )
 
     def show_prediction(self, prediction, region, unsure_message: str, live: bool = False) -> None:
         """Render ``prediction`` with ``region``'s bins (which may differ from the prediction's)."""
@@ -291,7 +318,9 @@ class ResultPanel(QFrame):
         if live:
             self.caption.setText("Live camera")
         else:
-            self.caption.setText("Not sure; it might be" if prediction.uncertain else "This looks like")
+            self.caption.setText(
+                "Not sure; it might be" if prediction.uncertain else "This looks like"
+            )
         if prediction.uncertain:
             self.title.setText(f"{label}?")
         else:
@@ -332,8 +361,14 @@ class HistoryList(QListWidget):
         self.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keep Space for Capture
         self.itemClicked.connect(self._on_item_clicked)
 
-    def add_result(self, job_id: int, thumbnail: QImage | None, title: str, detail: str,
-                   replaces: int | None = None) -> list[int]:
+    def add_result(
+        self,
+        job_id: int,
+        thumbnail: QImage | None,
+        title: str,
+        detail: str,
+        replaces: int | None = None,
+    ) -> list[int]:
         """Put an entry on top (or in place of ``replaces``); returns the ids that fell off the end."""
         item = self._item(replaces) if replaces is not None else None
         if item is None:
@@ -412,11 +447,14 @@ class Notice(QFrame):
             self._timer.stop()
             self.hide()
 
-    def show_message(self, text: str, level: str = "info", action: QAction | None = None,
-                     topic: str = "") -> None:
+    def show_message(
+        self, text: str, level: str = "info", action: QAction | None = None, topic: str = ""
+    ) -> None:
         background, foreground, icon = self.STYLES[level]
-        self.setStyleSheet(f"Notice {{ background: {background}; border: 1px solid {foreground}40;"
-                           f" border-radius: 8px; }} QLabel {{ color: {foreground}; }}")
+        self.setStyleSheet(
+            f"Notice {{ background: {background}; border: 1px solid {foreground}40;"
+            f" border-radius: 8px; }} QLabel {{ color: {foreground}; }}"
+        )
         self.icon.setText(icon)
         self.text.setText(text)
         self.level, self.topic = level, topic
@@ -431,4 +469,3 @@ class Notice(QFrame):
 
     def message(self) -> str:
         return "" if self.isHidden() else self.text.text()
-

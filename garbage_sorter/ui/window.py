@@ -79,7 +79,9 @@ class MainWindow(QMainWindow):
     result_shown = Signal(object)
     batch_done = Signal()
 
-    def __init__(self, *, device: str = "auto", region: str | None = None, parent: QWidget | None = None):
+    def __init__(
+        self, *, device: str = "auto", region: str | None = None, parent: QWidget | None = None
+    ):
         super().__init__(parent)
         self.setWindowTitle("Garbage Sorter")
         self.setAcceptDrops(True)
@@ -111,16 +113,23 @@ class MainWindow(QMainWindow):
             if region in self.regions:
                 self.region = self.regions[region]
             else:
-                QTimer.singleShot(0, lambda: self.notify(
-                    f"Unknown region {region!r}; using {self.region.title}. "
-                    f"Known: {', '.join(sorted(self.regions))}.", "warning"))
+                QTimer.singleShot(
+                    0,
+                    lambda: self.notify(
+                        f"Unknown region {region!r}; using {self.region.title}. "
+                        f"Known: {', '.join(sorted(self.regions))}.",
+                        "warning",
+                    ),
+                )
 
         self._create_actions()
         self._create_layout()
         self._create_menus()
         self._create_status_bar()
 
-        available = self.screen().availableGeometry().size() * 0.92  # a small laptop keeps its margins
+        available = (
+            self.screen().availableGeometry().size() * 0.92
+        )  # a small laptop keeps its margins
         self.resize(QSize(1180, 740).boundedTo(available))
         geometry = self.settings.value("geometry")
         if geometry is not None:
@@ -139,7 +148,9 @@ class MainWindow(QMainWindow):
 
     # -- construction -------------------------------------------------------------------------
 
-    def _action(self, text: str, slot, shortcut=None, *, checkable: bool = False, tip: str = "") -> QAction:
+    def _action(
+        self, text: str, slot, shortcut=None, *, checkable: bool = False, tip: str = ""
+    ) -> QAction:
         action = QAction(text, self)
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
@@ -152,25 +163,46 @@ class MainWindow(QMainWindow):
         return action
 
     def _create_actions(self) -> None:
-        self.open_action = self._action("&Open photos…", self._on_open, QKeySequence.StandardKey.Open)
-        self.paste_action = self._action("&Paste photo", self._on_paste, QKeySequence.StandardKey.Paste)
+        self.open_action = self._action(
+            "&Open photos…", self._on_open, QKeySequence.StandardKey.Open
+        )
+        self.paste_action = self._action(
+            "&Paste photo", self._on_paste, QKeySequence.StandardKey.Paste
+        )
         self.quit_action = self._action("&Quit", self.close, "Ctrl+Q")
         self.clear_action = self._action("Clear &history", self._on_clear_history)
-        self.isolate_action = self._action("&Isolate object", self._on_isolate_toggled, "Ctrl+I",
-                                           checkable=True, tip="Find the item first and classify only it")
-        self.why_action = self._action("Why?", self._on_why_toggled, "Ctrl+E", checkable=True,
-                                       tip="Show where the model looked (Grad-CAM heatmap)")
-        self.capture_action = self._action("&Capture frame", self._on_capture, Qt.Key.Key_Space,
-                                           tip="Freeze the camera picture and classify it")
+        self.isolate_action = self._action(
+            "&Isolate object",
+            self._on_isolate_toggled,
+            "Ctrl+I",
+            checkable=True,
+            tip="Find the item first and classify only it",
+        )
+        self.why_action = self._action(
+            "Why?",
+            self._on_why_toggled,
+            "Ctrl+E",
+            checkable=True,
+            tip="Show where the model looked (Grad-CAM heatmap)",
+        )
+        self.capture_action = self._action(
+            "&Capture frame",
+            self._on_capture,
+            Qt.Key.Key_Space,
+            tip="Freeze the camera picture and classify it",
+        )
         self.video_action = self._action("Use a &video file as camera…", self._on_choose_video)
         self.stop_camera_action = self._action("&Stop camera", self.stop_camera, Qt.Key.Key_Escape)
         self.open_model_action = self._action("&Open model…", self._on_open_model, "Ctrl+Shift+O")
-        self.bundled_model_action = self._action("Use the &bundled model", self._on_use_bundled_model)
+        self.bundled_model_action = self._action(
+            "Use the &bundled model", self._on_use_bundled_model
+        )
         self.card_action = self._action("Model &card", self._on_model_card)
         self.retrain_action = self._action("&Retrain model…", self._on_retrain, "Ctrl+R")
         self.data_folder_action = self._action("Open &data folder", self._on_open_data_folder)
-        self.shortcuts_action = self._action("&Keyboard shortcuts", self._on_show_shortcuts,
-                                             QKeySequence.StandardKey.HelpContents)
+        self.shortcuts_action = self._action(
+            "&Keyboard shortcuts", self._on_show_shortcuts, QKeySequence.StandardKey.HelpContents
+        )
         self.isolate_action.setChecked(self.settings.value("isolate", False, bool))
         self.capture_action.setEnabled(False)
         self.stop_camera_action.setEnabled(False)
@@ -278,8 +310,15 @@ class MainWindow(QMainWindow):
         self.status_model.setText("Loading model…")
         if self.classifier is None:
             self.result_panel.clear("Loading the model…")
-        run_task(load_classifier, path, self.device, self.region.id, parent=self,
-                 on_done=self._on_model_loaded, on_error=self._on_model_error)
+        run_task(
+            load_classifier,
+            path,
+            self.device,
+            self.region.id,
+            parent=self,
+            on_done=self._on_model_loaded,
+            on_error=self._on_model_error,
+        )
 
     def _on_model_loaded(self, classifier) -> None:
         self._loading = False
@@ -322,8 +361,12 @@ class MainWindow(QMainWindow):
             action.setEnabled(ready)
 
     def _on_open_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a model", self._last_folder("model_folder"),
-                                              "Garbage Sorter models (*.pt *.pth *.onnx);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Open a model",
+            self._last_folder("model_folder"),
+            "Garbage Sorter models (*.pt *.pth *.onnx);;All files (*)",
+        )
         if path:
             self.settings.setValue("model_folder", str(Path(path).parent))
             self.load_model(path, remember=True)
@@ -347,13 +390,23 @@ class MainWindow(QMainWindow):
             return
         if not self._can_classify():
             return
-        run_task(expand_paths, list(paths), parent=self, on_done=self._on_paths_expanded,
-                 on_error=self._on_paths_error)
+        run_task(
+            expand_paths,
+            list(paths),
+            parent=self,
+            on_done=self._on_paths_expanded,
+            on_error=self._on_paths_error,
+        )
 
     def _can_classify(self) -> bool:
         if self.classifier is None and not self._loading:
-            self.notify("No model is loaded, so nothing can be classified. Open one with "
-                        "Model > Open model.", "error", self.open_model_action, topic="model")
+            self.notify(
+                "No model is loaded, so nothing can be classified. Open one with "
+                "Model > Open model.",
+                "error",
+                self.open_model_action,
+                topic="model",
+            )
             return False
         return True
 
@@ -378,12 +431,18 @@ class MainWindow(QMainWindow):
 
     def _show_batch_progress(self) -> None:
         if self._batch_total > 1:
-            self.statusBar().showMessage(f"Classifying {self._batch_done + 1} of {self._batch_total}…")
+            self.statusBar().showMessage(
+                f"Classifying {self._batch_done + 1} of {self._batch_total}…"
+            )
 
     def _on_open(self) -> None:
         patterns = " ".join(f"*{s}" for s in sorted(IMAGE_SUFFIXES))
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open photos", self._last_folder("photo_folder"),
-                                                f"Photos ({patterns});;All files (*)")
+        paths, _ = QFileDialog.getOpenFileNames(
+            self,
+            "Open photos",
+            self._last_folder("photo_folder"),
+            f"Photos ({patterns});;All files (*)",
+        )
         if paths:
             self.settings.setValue("photo_folder", str(Path(paths[0]).parent))
             self.open_paths(paths)
@@ -398,7 +457,11 @@ class MainWindow(QMainWindow):
         self._accept_mime(mime, "Clipboard")
 
     def _accept_mime(self, mime, source: str) -> bool:
-        paths = [url.toLocalFile() for url in mime.urls() if url.isLocalFile()] if mime.hasUrls() else []
+        paths = (
+            [url.toLocalFile() for url in mime.urls() if url.isLocalFile()]
+            if mime.hasUrls()
+            else []
+        )
         if not paths and mime.hasText() and Path(mime.text().strip()).exists():
             paths = [mime.text().strip()]
         if paths:
@@ -442,10 +505,12 @@ class MainWindow(QMainWindow):
         self.results[result.job_id] = result
         pred = result.prediction
         for dropped in self.history.add_result(
-                result.job_id, result.thumbnail,
-                f"{pred.label.capitalize()}{'?' if pred.uncertain else ''} · {pred.confidence:.0%}",
-                f"{time.strftime('%H:%M:%S', time.localtime(result.when))} · {result.source}",
-                replaces=replaced):
+            result.job_id,
+            result.thumbnail,
+            f"{pred.label.capitalize()}{'?' if pred.uncertain else ''} · {pred.confidence:.0%}",
+            f"{time.strftime('%H:%M:%S', time.localtime(result.when))} · {result.source}",
+            replaces=replaced,
+        ):
             self.results.pop(dropped, None)
             self._explanations.pop(dropped, None)
         self.status_time.setText(_duration(pred.seconds))
@@ -471,8 +536,13 @@ class MainWindow(QMainWindow):
         self.result_shown.emit(result)
 
     def _show_photo(self, result: Result) -> None:
-        self.view.set_image(result.display, box=result.prediction.crop_box, source_size=result.image.size,
-                            mask=result.mask, caption=result.source)
+        self.view.set_image(
+            result.display,
+            box=result.prediction.crop_box,
+            source_size=result.image.size,
+            mask=result.mask,
+            caption=result.source,
+        )
 
     def _render_prediction(self, result: Result, live: bool) -> None:
         from garbage_sorter.classifier import UNSURE_MESSAGE  # loaded already: a result exists
@@ -488,8 +558,11 @@ class MainWindow(QMainWindow):
         if len(self._batch_failures) == 1:
             self.notify(f"Could not read {source}: {message}.", "error")
         else:
-            self.notify(f"{len(self._batch_failures)} files could not be read, the last one "
-                        f"{source}: {message}.", "error")
+            self.notify(
+                f"{len(self._batch_failures)} files could not be read, the last one "
+                f"{source}: {message}.",
+                "error",
+            )
 
     def _on_inference_idle(self) -> None:
         if self._batch_done < self._batch_total:
@@ -498,7 +571,9 @@ class MainWindow(QMainWindow):
             failed = len(self._batch_failures)
             self.statusBar().showMessage(
                 f"{self._batch_total - failed} photos classified"
-                + (f", {failed} could not be read" if failed else ""), 8000)
+                + (f", {failed} could not be read" if failed else ""),
+                8000,
+            )
         else:
             self.statusBar().clearMessage()
         self.batch_done.emit()
@@ -545,8 +620,14 @@ class MainWindow(QMainWindow):
         self._show_photo(result)
         if self.classifier is not None:
             self.statusBar().showMessage("Working out where the model looked…")
-            run_task(explain, self.classifier, result, parent=self, on_done=self._on_explained,
-                     on_error=self._on_explain_error)
+            run_task(
+                explain,
+                self.classifier,
+                result,
+                parent=self,
+                on_done=self._on_explained,
+                on_error=self._on_explain_error,
+            )
 
     def _on_explained(self, answer: tuple[int, QImage]) -> None:
         job_id, overlay = answer
@@ -554,7 +635,11 @@ class MainWindow(QMainWindow):
         if job_id not in self.results:
             return
         self._explanations[job_id] = overlay
-        if self.why_action.isChecked() and self.current is not None and self.current.job_id == job_id:
+        if (
+            self.why_action.isChecked()
+            and self.current is not None
+            and self.current.job_id == job_id
+        ):
             self.view.set_image(overlay, caption="Red: where the model looked")
 
     def _on_explain_error(self, exc: Exception) -> None:
@@ -583,14 +668,23 @@ class MainWindow(QMainWindow):
     def _on_correction_chosen(self, label: str) -> None:
         if self.current is None:
             return
-        run_task(_save_correction_and_count, self.current.image, label, parent=self,
-                 on_done=self._on_correction_saved, on_error=self._on_correction_error)
+        run_task(
+            _save_correction_and_count,
+            self.current.image,
+            label,
+            parent=self,
+            on_done=self._on_correction_saved,
+            on_error=self._on_correction_error,
+        )
 
     def _on_correction_saved(self, saved: tuple[Path, int]) -> None:
         path, total = saved
-        self.notify(f"Saved as {path.parent.name} in your dataset ({total} correction"
-                    f"{'s' if total != 1 else ''} so far). Data > Retrain model learns from them.",
-                    "info", self.retrain_action)
+        self.notify(
+            f"Saved as {path.parent.name} in your dataset ({total} correction"
+            f"{'s' if total != 1 else ''} so far). Data > Retrain model learns from them.",
+            "info",
+            self.retrain_action,
+        )
 
     def _on_correction_error(self, exc: Exception) -> None:
         self.notify(str(exc), "error")
@@ -599,7 +693,9 @@ class MainWindow(QMainWindow):
         self.data_menu.clear()
         counts = count_corrections()
         total = sum(counts.values())
-        header = self.data_menu.addAction(f"Your corrections: {total} photo{'s' if total != 1 else ''}")
+        header = self.data_menu.addAction(
+            f"Your corrections: {total} photo{'s' if total != 1 else ''}"
+        )
         header.setEnabled(False)
         for label, n in counts.items():
             self.data_menu.addAction(f"    {label}: {n}").setEnabled(False)
@@ -667,8 +763,12 @@ class MainWindow(QMainWindow):
         self.start_camera(parse_source(self.sender().data()))
 
     def _on_choose_video(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "A video to use as camera", self._last_folder("video_folder"),
-                                              "Videos (*.mp4 *.avi *.mkv *.mov *.webm);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "A video to use as camera",
+            self._last_folder("video_folder"),
+            "Videos (*.mp4 *.avi *.mkv *.mov *.webm);;All files (*)",
+        )
         if path:
             self.settings.setValue("video_folder", str(Path(path).parent))
             self.start_camera(parse_source(path))
@@ -742,8 +842,12 @@ class MainWindow(QMainWindow):
         if self._frozen:
             return
         self._frames += 1
-        self.view.set_image(image, box=self._live_box, source_size=(frame.shape[1], frame.shape[0]),
-                            caption=f"{camera.source.title} · live")
+        self.view.set_image(
+            image,
+            box=self._live_box,
+            source_size=(frame.shape[1], frame.shape[0]),
+            caption=f"{camera.source.title} · live",
+        )
         if self.classifier is not None:
             self.inference.offer_frame(frame, self.isolate_action.isChecked())
 
@@ -764,8 +868,11 @@ class MainWindow(QMainWindow):
 
     def _on_capture(self) -> None:
         if self.camera is None:
-            self.notify("No camera is running: choose one from the Camera menu. Photos work without "
-                        "one: drop them here or press Ctrl+O.", "info")
+            self.notify(
+                "No camera is running: choose one from the Camera menu. Photos work without "
+                "one: drop them here or press Ctrl+O.",
+                "info",
+            )
             return
         if self._frozen:
             self._frozen = False
@@ -774,8 +881,14 @@ class MainWindow(QMainWindow):
         if self._last_frame is None or not self._can_classify():
             return
         self._freeze_live()
-        self._submit(Job(f"Camera {time.strftime('%H:%M:%S')}", self._last_frame.copy(),
-                         isolate=self.isolate_action.isChecked(), channels="BGR"))
+        self._submit(
+            Job(
+                f"Camera {time.strftime('%H:%M:%S')}",
+                self._last_frame.copy(),
+                isolate=self.isolate_action.isChecked(),
+                channels="BGR",
+            )
+        )
 
     def _freeze_live(self) -> None:
         """Hold the preview still so a photo or captured frame stays on show (Space resumes)."""
@@ -786,8 +899,10 @@ class MainWindow(QMainWindow):
 
     def _on_rate_tick(self) -> None:
         if self.camera is not None and not self._frozen and self._frames:
-            self.status_camera.setText(f"{self.camera.source.title}: {self._frames} fps · "
-                                       f"{self._predictions} predictions/s")
+            self.status_camera.setText(
+                f"{self.camera.source.title}: {self._frames} fps · "
+                f"{self._predictions} predictions/s"
+            )
         elif self.camera is not None and self._frozen:
             self.status_camera.setText(f"{self.camera.source.title}: paused")
         self.camera_rates = (self._frames, self._predictions)
@@ -795,16 +910,25 @@ class MainWindow(QMainWindow):
 
     # -- messages, help, closing ------------------------------------------------------------------
 
-    def notify(self, text: str, level: str = "info", action: QAction | None = None,
-               topic: str = "") -> None:
+    def notify(
+        self, text: str, level: str = "info", action: QAction | None = None, topic: str = ""
+    ) -> None:
         """Say something without stopping the user: a bar above the picture, and the status bar."""
         self.notice.show_message(text, level, action, topic)
         self.statusBar().showMessage(text, 6000)
 
     def _on_show_shortcuts(self) -> None:
-        rows = "".join(f"<tr><td><b>{keys}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>" for keys, what in SHORTCUTS)
-        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", f"<table>{rows}</table>",
-                          QMessageBox.StandardButton.Close, self)
+        rows = "".join(
+            f"<tr><td><b>{keys}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>"
+            for keys, what in SHORTCUTS
+        )
+        box = QMessageBox(
+            QMessageBox.Icon.NoIcon,
+            "Keyboard shortcuts",
+            f"<table>{rows}</table>",
+            QMessageBox.StandardButton.Close,
+            self,
+        )
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         box.setModal(False)
         box.show()
