@@ -55,6 +55,8 @@ VARIANTS = {
     "tn, linear probe": ("trashnet", dict(mode="head")),
     "tn+rw, linear probe": ("all", dict(mode="head")),
     "tn+rw, linear probe, Lite2": ("all", dict(mode="head", arch="efficientnet_lite2")),
+    "tn+rw, LP-FT, Lite2, backgrounds, strong aug": ("all", dict(
+        arch="efficientnet_lite2", background_aug=0.5, aug_strength=1.5)),
 }
 # fmt: on
 
