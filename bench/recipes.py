@@ -57,6 +57,8 @@ VARIANTS = {
     "tn+rw, linear probe, Lite2": ("all", dict(mode="head", arch="efficientnet_lite2")),
     "tn+rw, LP-FT, Lite2, backgrounds, strong aug": ("all", dict(
         arch="efficientnet_lite2", background_aug=0.5, aug_strength=1.5)),
+    "tn+rw, LP-FT, Lite2, backgrounds, strong aug, peak 3e-4": ("all", dict(
+        arch="efficientnet_lite2", background_aug=0.5, aug_strength=1.5, lr=3e-4)),
 }
 # fmt: on
 
