@@ -370,11 +370,37 @@ def video(tmp_path_factory) -> Path:
     return path
 
 
-def test_video_file_camera_previews_and_predicts_latest_frame(qtbot, window, video):
+class RecordingWorker(camera_module.CameraWorker):
+    """The app's camera worker with its ``opened`` and ``failed`` signals recorded from before its
+    thread starts. A worker can open, or fail, before the test's next line runs (a main thread
+    held up for a few hundred ms on a loaded machine is enough), and a ``qtbot.waitSignal``
+    connected after ``start_camera`` would then miss the signal."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: dict[str, list] = {"opened": [], "failed": []}
+        self.opened.connect(self.seen["opened"].append)
+        self.failed.connect(self.seen["failed"].append)
+
+
+@pytest.fixture
+def recording_cameras(monkeypatch):
+    from garbage_sorter.ui import window as window_module
+
+    monkeypatch.setattr(window_module, "CameraWorker", RecordingWorker)
+
+
+def wait_for(qtbot, camera: RecordingWorker, signal: str) -> list:
+    """The arguments ``camera`` emitted ``signal`` with, once it has (now or earlier)."""
+    qtbot.waitUntil(lambda: bool(camera.seen[signal]), timeout=WAIT)
+    return camera.seen[signal]
+
+
+def test_video_file_camera_previews_and_predicts_latest_frame(
+    qtbot, window, video, recording_cameras
+):
     camera = window.start_camera(parse_source(str(video)))
-    with qtbot.waitSignal(camera.opened, timeout=WAIT) as opened:
-        pass
-    assert opened.args[0] == pytest.approx(15.0)
+    assert wait_for(qtbot, camera, "opened")[0] == pytest.approx(15.0)
     live = []
     window.result_shown.connect(live.append)
     qtbot.waitUntil(lambda: len(live) >= 3, timeout=WAIT)
@@ -397,21 +423,21 @@ def test_video_file_camera_previews_and_predicts_latest_frame(qtbot, window, vid
 
 
 def test_camera_that_cannot_open_is_a_message_and_files_still_work(
-    qtbot, window, video, photos, tmp_path
+    qtbot, window, video, photos, tmp_path, recording_cameras
 ):
     for source in (parse_source("97"), parse_source(str(tmp_path / "no-such-video.mp4"))):
         camera = window.start_camera(source)
-        with qtbot.waitSignal(camera.failed, timeout=WAIT):
-            pass
+        wait_for(qtbot, camera, "failed")
+        qtbot.waitUntil(lambda: window.camera is None, timeout=WAIT)
         assert window.notice.level == "warning" and "Could not open" in window.notice.message()
         assert window.camera is None and not window.capture_action.isEnabled()
     drop_and_wait(qtbot, window, photos[:1])
     assert len(window.results) == 1
     # Choosing a working camera recovers, and the camera message goes away.
     camera = window.start_camera(parse_source(str(video)))
-    with qtbot.waitSignal(camera.opened, timeout=WAIT):
-        pass
-    assert window.notice.message() == "" and window.notice.level == ""
+    wait_for(qtbot, camera, "opened")
+    qtbot.waitUntil(lambda: window.notice.message() == "", timeout=WAIT)
+    assert window.notice.level == ""
 
 
 class FlakyCapture:
@@ -448,7 +474,7 @@ class FlakyCapture:
     "fault, message", [("unplugged", "stopped sending pictures"), ("garbage", "cannot be used")]
 )
 def test_camera_fault_mid_stream_then_reselect_recovers(
-    qtbot, window, video, fault, message, monkeypatch
+    qtbot, window, video, fault, message, monkeypatch, recording_cameras
 ):
     monkeypatch.setattr(camera_module, "LOST_AFTER_SECONDS", 0.3)
     source = CameraSource(0, "Camera 1")  # a live camera whose frames come from the video
@@ -457,8 +483,8 @@ def test_camera_fault_mid_stream_then_reselect_recovers(
         return FlakyCapture(str(video), good=10, then=fault)
 
     camera = window.start_camera(source, opener=flaky)
-    with qtbot.waitSignal(camera.failed, timeout=WAIT):
-        pass
+    wait_for(qtbot, camera, "failed")
+    qtbot.waitUntil(lambda: window.camera is None, timeout=WAIT)
     assert camera.frames_read == 10
     assert window.notice.level == "warning" and message in window.notice.message()
     assert window.camera is None and window.status_camera.text() == "Camera: none"
@@ -466,8 +492,7 @@ def test_camera_fault_mid_stream_then_reselect_recovers(
     assert retry.text() == "Try Camera 1 again"
     monkeypatch.setattr(camera_module, "open_capture", lambda device: cv2.VideoCapture(str(video)))
     retry.trigger()
-    with qtbot.waitSignal(window.camera.opened, timeout=WAIT):
-        pass
+    wait_for(qtbot, window.camera, "opened")
     qtbot.waitUntil(lambda: window.camera.frames_read > 10, timeout=WAIT)
 
 
