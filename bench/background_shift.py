@@ -47,11 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
+from garbage_sorter.segmentation import DEFAULT_SIZE  # U2-Net-P's size as the app and CLI run it
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = REPO / "runs" / "recipes" / "split-all" / "test.txt"
 CACHE = REPO / "runs" / "background_shift"
 SURFACES = ("wood", "mixed")
-DEFAULT_SIZE = 256  # U2-Net-P's input size as the app and CLI run it (segmentation.DEFAULT_SIZE)
 JPEG_QUALITY = 95  # TrashNet's photos are JPEGs; a high quality keeps re-encoding out of the result
 
 

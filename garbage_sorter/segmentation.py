@@ -13,11 +13,11 @@ crop, so a mask that does not look like one confident object falls back to the w
 
 The rule's thresholds were set by looking at U2-Net-P's 320 px masks on 1,266 real photos: every
 TrashNet cardboard and paper photo, 50 of each other TrashNet class, the 73 floor photos and 150
-TACO crops. With them, 69 of 73 floor photos are cropped to the item; 239 of 341 TrashNet cardboard photos
-(mostly frame-filling close-ups, whose salient parts are tape, labels and print) fall back; of
-200 TrashNet cans, bottles and wrappers on the board 142 are cropped, 31 fill the frame and 27 fall
-back. The known miss: a single label or strip of tape on a close-up, crisp and larger than 3% of
-the frame, is still taken for an object (about a quarter of the 68 cardboard crops, 5% of the
+TACO crops. With them, 69 of 73 floor photos are cropped to the item; 239 of 341 TrashNet cardboard
+photos (mostly frame-filling close-ups, whose salient parts are tape, labels and print) fall back;
+of 200 TrashNet cans, bottles and wrappers on the board 142 are cropped, 31 fill the frame and 27
+fall back. The known miss: a single label or strip of tape on a close-up, crisp and larger than 3%
+of the frame, is still taken for an object (about a quarter of the 68 cardboard crops, 5% of the
 cardboard photos); only the classifier can tell tape on a box from an item on a table.
 """
 
