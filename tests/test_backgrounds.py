@@ -5,8 +5,10 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from garbage_sorter.training import backgrounds
 from garbage_sorter.training.backgrounds import (
     BackgroundAugment,
     composite,
@@ -60,6 +62,22 @@ def test_make_background_size_type_and_determinism(split):
 def test_make_background_rejects_unknown_split():
     with pytest.raises(ValueError, match="split"):
         make_background((64, 64), np.random.default_rng(0), split="test")
+
+
+@pytest.mark.parametrize("index", range(len(backgrounds._TRAIN_KINDS)))
+def test_every_training_kind_makes_a_textured_surface(index):
+    make = backgrounds._TRAIN_KINDS[index][0]
+    img = backgrounds._finish(make(96, 128, np.random.default_rng(index)), np.random.default_rng(0))
+    assert img.shape == (96, 128, 3) and img.dtype == np.uint8
+    assert img.std() > 1.0
+
+
+def test_training_colours_span_the_hue_circle():
+    rng = np.random.default_rng(0)
+    colours = np.array([backgrounds._any_colour(rng) for _ in range(300)], np.uint8)
+    hsv = cv2.cvtColor(colours[None], cv2.COLOR_RGB2HSV)[0]
+    saturated = hsv[hsv[:, 1] > 80, 0]
+    assert np.all(np.bincount(saturated // 30, minlength=6) > 0)  # every sixth of the circle
 
 
 def test_heldout_wood_is_brown():

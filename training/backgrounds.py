@@ -5,7 +5,9 @@ Every TrashNet photo shows its item on the same white board, so a model trained 
 "cardboard". Here each training photo is, with some probability, cut out with a cheap colour
 model of the board (:func:`white_background_mask`) and composited (:func:`composite`) onto a
 procedural surface (:func:`make_background`): wood, table and floor colours, tiles, fabric,
-concrete, ground. Everything is generated with numpy/OpenCV; no texture files are downloaded.
+concrete, ground, and -- as domain randomisation rather than any one material -- clutter of
+shapes and stripes in colours of any hue. Everything is generated with numpy/OpenCV; no texture
+files are downloaded.
 
 Backgrounds come in two disjoint families. ``split="train"`` is for training; ``split="heldout"``
 (a different wood generator with darker, redder browns; marble; checker tiles; painted colours
@@ -23,7 +25,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-POOL_SIZE = 64  # pre-generated backgrounds per split and process
+# Pre-generated backgrounds per process: more for training, where variety is the point; the
+# held-out pool's size is part of the benchmark's definition, so it stays.
+POOL_SIZES = {"train": 192, "heldout": 64}
 _POOL_SIDE = 384  # pool textures are square; calls take a random crop, so this bounds detail
 _POOL_SEEDS = {"train": 20240601, "heldout": 77777}
 _POOLS: dict[str, list[np.ndarray | None]] = {}
@@ -246,6 +250,51 @@ def _ground(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return _shade(_mix(dark, light, t), rng)
 
 
+def _any_colour(rng: np.random.Generator) -> np.ndarray:
+    """A colour from anywhere in the gamut: any hue, greys to full saturation, dark to light."""
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(0, 1) ** 0.8 * 255, rng.uniform(40, 250)]]])
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _clutter(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Overlapping shapes of any colour, many small and few large (the "dead leaves" model of
+    natural images): placemats, papers, packaging and a busy desk, not one surface.
+
+    Unlike the other kinds, nothing here imitates one material; it is domain randomisation, so
+    that the model meets colours and edges near the object that no palette above has.
+    """
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = _any_colour(rng)
+    side = max(h, w)
+    # Sizes follow a power law: area ~ r**-2 per unit r, the statistics of occluding objects.
+    radii = side * np.clip(0.015 / (1 - rng.random(int(rng.integers(40, 160)))) ** 0.9, 0, 0.45)
+    for r in sorted(radii, reverse=True):  # large shapes first, so small ones stay visible
+        colour = tuple(float(c) for c in _any_colour(rng))
+        cx, cy, r = int(rng.integers(0, w)), int(rng.integers(0, h)), max(2, int(r))
+        kind = rng.random()
+        if kind < 0.4:
+            cv2.circle(img, (cx, cy), r, colour, -1, cv2.LINE_AA)
+        elif kind < 0.8:
+            box = ((cx, cy), (2 * r, 2 * r * rng.uniform(0.3, 1.0)), rng.uniform(0, 180))
+            cv2.fillPoly(img, [cv2.boxPoints(box).astype(np.int32)], colour, cv2.LINE_AA)
+        else:
+            axes = (r, max(1, int(r * rng.uniform(0.2, 0.7))))
+            cv2.ellipse(img, (cx, cy), axes, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 2.0))
+    return _shade(img * (0.9 + 0.2 * _fractal(h, w, rng, cell=40, octaves=3))[..., None], rng)
+
+
+def _stripes(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Striped cloth, placemats and wrapping paper in two to four colours of any hue."""
+    colours = np.asarray([_any_colour(rng) for _ in range(int(rng.integers(2, 5)))])
+    xs, ys = _coords(h, w)
+    angle = rng.choice([0.0, np.pi / 2, rng.uniform(0, np.pi)])
+    u = np.cos(angle) * xs + np.sin(angle) * ys
+    band = np.floor(u / rng.uniform(12, 90) * len(colours)).astype(np.int64) % len(colours)
+    img = colours[band] * (0.92 + 0.16 * _fractal(h, w, rng, cell=3, octaves=2))[..., None]
+    return _shade(img, rng)
+
+
 _TRAIN_KINDS = (
     (_wood_train, 0.3),
     (lambda h, w, rng: _solid(h, w, rng, _TRAIN_SOLIDS), 0.2),
@@ -254,6 +303,8 @@ _TRAIN_KINDS = (
     (_gradient, 0.06),
     (_concrete, 0.12),
     (_ground, 0.1),
+    (_clutter, 0.15),
+    (_stripes, 0.08),
 )
 
 
@@ -366,9 +417,7 @@ def _pooled(split: str, index: int) -> np.ndarray:
     entries are first asked for; generating lazily spreads the cost (about 50 ms an entry) over
     the first calls instead of stalling every DataLoader worker at start-up.
     """
-    if split not in _POOL_SEEDS:
-        raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
-    pool = _POOLS.setdefault(split, [None] * POOL_SIZE)
+    pool = _POOLS.setdefault(split, [None] * POOL_SIZES[split])
     if pool[index] is None:
         rng = np.random.default_rng([_POOL_SEEDS[split], index])
         pool[index] = _generate(split, _POOL_SIDE, _POOL_SIDE, rng)
@@ -380,12 +429,14 @@ def make_background(
 ) -> np.ndarray:
     """A background photo-like surface, HxWx3 uint8, for ``size`` = (width, height).
 
-    Drawn from a per-process pool of :data:`POOL_SIZE` pre-generated textures of the ``split``
+    Drawn from a per-process pool of :data:`POOL_SIZES` pre-generated textures of the ``split``
     family ("train" or "heldout") and varied per call by a random crop (which also rescales the
     texture), flips, a quarter turn and a colour/brightness tint, so it costs a few milliseconds.
     """
     w, h = size
-    src = _pooled(split, int(rng.integers(POOL_SIZE)))
+    if split not in POOL_SIZES:
+        raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+    src = _pooled(split, int(rng.integers(POOL_SIZES[split])))
     if rng.random() < 0.5:
         src = np.rot90(src)
     side = src.shape[0]
