@@ -178,6 +178,47 @@ def test_sigkill_mid_epoch_then_resume(tiny_dataset, tmp_path):
     assert best_before  # the earlier best was intact and loadable before resuming
 
 
+def test_soup_averages_the_final_weights_with_other_checkpoints(tiny_dataset, tiny_model, tmp_path):
+    import torch
+
+    out = tmp_path / "soup"
+    result = main(
+        TrainConfig(
+            data=[str(tiny_dataset)],
+            arch="efficientnet_lite0",
+            weights=str(tiny_model),
+            epochs=1,
+            batch_size=4,
+            freeze_blocks=8,
+            workers=0,
+            soup=[str(tiny_model)],
+            out=str(out),
+        )
+    )
+    trained = torch.load(out / "last.pt", weights_only=True)["state_dict"]  # the one epoch
+    start = load_checkpoint(tiny_model).state_dict
+    souped = load_checkpoint(result.best)
+    head = "_fc.weight"
+    assert not torch.equal(trained[head], start[head])  # the epoch moved the head
+    for key in (head, "_blocks.15._bn1.running_mean"):  # a weight and a buffer, both trained
+        mean = (trained[key].float() + start[key].float()) / 2
+        torch.testing.assert_close(souped.state_dict[key].float(), mean, atol=2e-3, rtol=2e-3)
+    assert souped.config["soup"] == [str(tiny_model)]
+    assert souped.calibration["temperature"] > 0  # calibrated after averaging
+
+
+def test_soup_of_another_architecture_is_refused_before_training(
+    tiny_dataset, tiny_model, tmp_path
+):
+    out = tmp_path / "r"
+    args = ["--data", str(tiny_dataset), "--arch", "resnet18", "--weights", "none"]
+    proc = cli("train", *args, "--soup", str(tiny_model), "--out", str(out), timeout=300)
+    assert proc.returncode != 0
+    assert "--soup" in proc.stderr and "efficientnet_lite0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "last.pt").exists()
+
+
 def test_kaggle_offline_is_a_clear_message(tmp_path):
     env = {**os.environ, "KAGGLEHUB_CACHE": str(tmp_path / "kh")}
     proc = cli("train", "--kaggle", "--out", str(tmp_path / "k"), env=env, timeout=180)

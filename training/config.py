@@ -36,7 +36,12 @@ class TrainConfig:
     balance: bool = True  # balanced sampling over classes and sources
     patience: int = 5  # early stopping: epochs without validation improvement
     linear_probe_epochs: int = 0  # LP-FT: train the head alone first, then everything
-    wise_alpha: float = 1.0  # WiSE-FT: 1 = fine-tuned weights, 0 = linear-probe weights
+    # WiSE-FT: 1 = fine-tuned weights, 0 = the weights fine-tuning began from (the linear probe's,
+    # or with no probe the --weights checkpoint's: then 0.5 is a two-model soup)
+    wise_alpha: float = 1.0
+    # Model soup: checkpoints of the same architecture and classes (other fine-tunes from the same
+    # start) whose weights are averaged, uniformly, with the final ones
+    soup: list[str] = field(default_factory=list)
     teacher: str | None = None  # checkpoint to distil from (sees the student's augmented batch)
     distill_alpha: float = 0.7
     distill_temperature: float = 2.0

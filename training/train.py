@@ -589,6 +589,7 @@ def main(
             "package), or train everything with --mode full."
         )
     config.arch, config.weights = arch, weights
+    ingredients = [_soup_ingredient(path, arch, classes) for path in config.soup]
     if rank == 0 and not config.resume:
         config.save(out / "config.json")
     prep = default_preprocessing(arch)
@@ -805,7 +806,11 @@ def main(
         model = _wise(model, probe_state, config.wise_alpha).to(
             device, memory_format=torch.channels_last
         )
-        log(f"WiSE-FT: averaged fine-tuned and linear-probe weights with alpha {config.wise_alpha}")
+        start = "linear-probe" if config.linear_probe_epochs else "starting"
+        log(f"WiSE-FT: averaged fine-tuned and {start} weights with alpha {config.wise_alpha}")
+    if ingredients:
+        model = _soup(model, ingredients).to(device, memory_format=torch.channels_last)
+        log(f"Model soup: averaged the final weights with {', '.join(config.soup)}")
 
     report(Progress("calibrate", message="calibrating confidences"))
     from .report import calibrate, write_reports
@@ -880,12 +885,42 @@ class ShardedWeightedSampler(torch.utils.data.Sampler):
 
 
 def _wise(model: nn.Module, probe_state: dict[str, torch.Tensor], alpha: float) -> nn.Module:
-    state = model.state_dict()
+    return _average_into(model, [model.state_dict(), probe_state], [alpha, 1 - alpha])
+
+
+def _soup_ingredient(path: str, arch: str, classes: list[str]) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint to average into the trained model, checked before training
+    starts so that a wrong file fails in seconds rather than after the last epoch."""
+    ckpt = load_checkpoint(path)
+    if ckpt.arch != arch or ckpt.classes != classes:
+        raise ValueError(
+            f"--soup {path}: a {ckpt.arch} for {', '.join(ckpt.classes)}; this run trains a "
+            f"{arch} for {', '.join(classes)}, and only models of one architecture and classes "
+            "can be averaged"
+        )
+    return ckpt.state_dict
+
+
+def _soup(model: nn.Module, ingredients: list[dict[str, torch.Tensor]]) -> nn.Module:
+    """Uniform model soup: the mean of the model's weights and the ingredients' (Wortsman et
+    al., 2022). Fine-tunes of one starting point average into one model that is usually more
+    robust to shifts than any of them, at the cost of a single model."""
+    n = len(ingredients) + 1
+    return _average_into(model, [model.state_dict(), *ingredients], [1 / n] * n)
+
+
+def _average_into(
+    model: nn.Module, states: list[dict[str, torch.Tensor]], weights: list[float]
+) -> nn.Module:
+    """Load the weighted sum of ``states`` into ``model``; integer buffers (BatchNorm's batch
+    counts) are kept from the model."""
     mixed = {
-        k: (alpha * v.float() + (1 - alpha) * probe_state[k].float().to(v.device)).to(v.dtype)
+        k: sum(w * s[k].float().to(v.device) for s, w in zip(states, weights, strict=True)).to(
+            v.dtype
+        )
         if v.is_floating_point()
         else v
-        for k, v in state.items()
+        for k, v in model.state_dict().items()
     }
     model.load_state_dict(mixed)
     return model
@@ -960,6 +995,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         ],
     )
     p.add_argument("--teacher", help="checkpoint to distil from")
+    p.add_argument(
+        "--soup",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a checkpoint (same architecture and classes) to average the final weights with; "
+        "repeat for several",
+    )
     p.add_argument("--splits", help="reuse the split files in this folder")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--no-balance", dest="balance", action="store_false", default=None)
