@@ -10,14 +10,19 @@ two surfaces of the held-out background family, which training never uses:
 * ``mixed``: one draw from the whole held-out family (``make_background(split="heldout")``:
   marble, checker tiles, painted colours, and in 40% of draws the same held-out wood).
 
+and, as a control, onto ``board``: a flat surface of the photo's own board colour. Everything
+but the surface changes as on the other two (the cut-out, scale, position, shadow, light), so
+the drop from clean to board is what cutting and pasting costs by itself, and only the drop
+from board to wood or mixed is the background's.
+
 Frame-filling close-ups (mostly cardboard and paper), whose mask falls back to the whole photo,
 have no board to replace: they count in the clean set only, and the output says how many.
 
 For each model and isolation at inference (off; the U2-Net-P crop as ``classify --crop`` makes
 it; or "whole+crop", the mean of the probabilities for the whole image and the crop, at each
 ``--isolation-size``) one Markdown table gives accuracy on the clean photos, on the same photos
-before shifting, on the shifted ones (wood, mixed, both), and how often metal on wood is called
-cardboard. Every image is isolated once per size and its crop reused for all models; the median
+before shifting, on the board control, on the shifted ones (wood, mixed, both), and how often
+metal on wood is called cardboard. Every image is isolated once per size and its crop reused for all models; the median
 isolation time is measured in the same run.
 
     python bench/background_shift.py --model plain=runs/recipes/tn_linear-probe/best.pt \\
@@ -52,7 +57,8 @@ from garbage_sorter.segmentation import DEFAULT_SIZE  # U2-Net-P's size as the a
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SPLIT = REPO / "runs" / "recipes" / "split-all" / "test.txt"
 CACHE = REPO / "runs" / "background_shift"
-SURFACES = ("wood", "mixed")
+SHIFTED = ("wood", "mixed")  # the held-out surfaces: "shifted" in the table
+SURFACES = (*SHIFTED, "board")
 JPEG_QUALITY = 95  # TrashNet's photos are JPEGs; a high quality keeps re-encoding out of the result
 
 
@@ -129,7 +135,14 @@ def shifted_samples(
     manifest: dict[str, dict[str, str]] = (
         json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     )
-    missing = [(p, label) for p, label in photos if _key(p, label) not in manifest]
+    # A photo is (re)made when it is new or lacks a surface (a cache from before "board");
+    # every surface has its own seed, so remaking one leaves the others' images as they were.
+    missing = [
+        (p, label)
+        for p, label in photos
+        if (files := manifest.get(_key(p, label))) is None
+        or (files and not set(SURFACES) <= set(files))
+    ]
     for photo, label in missing:
         manifest[_key(photo, label)] = _shift(photo, label, seed, folder)
     if missing:
@@ -175,6 +188,9 @@ def _shift(photo: Path, label: str, seed: int, folder: Path) -> dict[str, str]:
         rng = np.random.default_rng([seed, zlib.crc32(_key(photo, label).encode()), index])
         if surface == "wood":
             background = heldout_wood((w, h), rng)
+        elif surface == "board":
+            board = np.median(rgb[alpha < 0.1], axis=0).astype(np.uint8)
+            background = np.broadcast_to(board, rgb.shape).copy()
         else:
             background = make_background((w, h), rng, split="heldout")
         relative = f"{surface}/{label}/{photo.stem}.jpg"
@@ -190,7 +206,7 @@ def contact_sheet(samples: list[Sample], target: Path, count: int = 16) -> None:
     import cv2
     from PIL import Image
 
-    shifted = [s for s in samples if s.surface != "clean"]
+    shifted = [s for s in samples if s.surface in SHIFTED]
     if not shifted:
         return
     picks = [
@@ -288,9 +304,10 @@ def table_rows(report: Report) -> list[list[str]]:
     groups = {
         "clean": lambda s: s.surface == "clean",
         "same": lambda s: s.surface == "clean" and s.photo in shiftable,
+        "board": lambda s: s.surface == "board",
         "wood": lambda s: s.surface == "wood",
         "mixed": lambda s: s.surface == "mixed",
-        "shifted": lambda s: s.surface != "clean",
+        "shifted": lambda s: s.surface in SHIFTED,
     }
     rows = []
     for (name, isolation), labels in report.predictions.items():
@@ -320,6 +337,7 @@ def format_report(report: Report) -> str:
         "isolation",
         f"clean (n={n_clean})",
         f"same photos, clean (n={n_wood})",
+        f"cut out, on its board (n={counts['board']})",
         f"wood (n={n_wood})",
         f"mixed held-out (n={counts['mixed']})",
         f"shifted, both (n={n_wood + counts['mixed']})",
@@ -335,7 +353,8 @@ def format_report(report: Report) -> str:
     for size, seconds in report.isolation_seconds.items():
         crop = defaultdict(list)
         for s, cropped in zip(report.samples, report.cropped[size], strict=True):
-            crop[s.surface == "clean"].append(cropped)
+            if s.surface != "board":
+                crop[s.surface == "clean"].append(cropped)
         shares = ", ".join(
             f"{100 * np.mean(crop[clean]):.0f}% of {'clean' if clean else 'shifted'} images"
             for clean in (True, False)

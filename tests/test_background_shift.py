@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -58,17 +59,17 @@ def test_benchmark_on_real_photos(bench, split, tiny_model, tmp_path):
     assert report.closeups == 2
     surfaces = [s.surface for s in report.samples]
     assert surfaces.count("clean") == 5
-    assert surfaces.count("wood") == surfaces.count("mixed") == 3
+    assert surfaces.count("wood") == surfaces.count("mixed") == surfaces.count("board") == 3
     assert all(s.path.is_file() for s in report.samples)
     folder = bench.cache_folder(tmp_path, 0)
     assert (folder / "contact_sheet.png").is_file()
 
     # Each image is isolated once per size, and both models are scored on it whole, cropped,
     # and on the mean of the two.
-    assert {size: len(s) for size, s in report.isolation_seconds.items()} == {320: 11, 256: 11}
+    assert {size: len(s) for size, s in report.isolation_seconds.items()} == {320: 14, 256: 14}
     modes = ["off", "u2netp 320", "whole+crop 320", "u2netp 256", "whole+crop 256"]
     assert set(report.predictions) == {(m, i) for m in ("tiny", "again") for i in modes}
-    assert all(len(labels) == 11 for labels in report.predictions.values())
+    assert all(len(labels) == 14 for labels in report.predictions.values())
     assert report.predictions["tiny", "off"] == report.predictions["again", "off"]
     # Where nothing was cropped, the crop is the whole image and so is the mean.
     for size in (320, 256):
@@ -106,6 +107,26 @@ def test_shifted_set_is_deterministic_and_cached(bench, split, tmp_path):
 
     other, _ = bench.shifted_samples(photos, 1, tmp_path / "a")
     assert other[0].path.read_bytes() != first[0].path.read_bytes()
+
+
+def test_a_cache_from_before_the_board_control_is_completed(bench, split, tmp_path):
+    photos = bench.trashnet_photos(split)
+    first, _ = bench.shifted_samples(photos, 0, tmp_path)
+    wood = {s.path: s.path.read_bytes() for s in first if s.surface == "wood"}
+    manifest = bench.cache_folder(tmp_path, 0) / "manifest.json"
+    old = {
+        k: {s: f for s, f in v.items() if s != "board"}
+        for k, v in json.loads(manifest.read_text()).items()
+    }
+    manifest.write_text(json.dumps(old))
+    for s in first:
+        if s.surface == "board":
+            s.path.unlink()
+
+    again, _ = bench.shifted_samples(photos, 0, tmp_path)
+    assert [s.path for s in again] == [s.path for s in first]
+    assert all(s.path.is_file() for s in again)
+    assert {s.path: s.path.read_bytes() for s in again if s.surface == "wood"} == wood
 
 
 def test_limit_takes_classes_in_turn(bench, split):
