@@ -174,6 +174,8 @@ def test_sigkill_mid_epoch_then_resume(tiny_dataset, tmp_path):
     history = json.loads((out / "history.json").read_text())
     epochs = [h["epoch"] for h in history if "train_loss" in h]
     assert epochs == list(range(epochs[-1] + 1)) and epochs[-1] == 3, epochs
+    # Epochs run counts those before the kill too.
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 4
     assert epoch_before < 3
     assert best_before  # the earlier best was intact and loadable before resuming
 

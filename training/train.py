@@ -703,7 +703,7 @@ def main(
             )
             optimizer.load_state_dict(state["train_state"]["optimizer"])
             scheduler.load_state_dict(state["train_state"]["scheduler"])
-            start_epoch = int(state["train_state"]["epoch"]) + 1
+            start_epoch = epochs_run = int(state["train_state"]["epoch"]) + 1
             best_score = float(state["train_state"]["best_score"])
             history = list(state["train_state"]["history"])
             probe_state = state["train_state"].get("probe_state", probe_state)
