@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="crop",
         action="store_true",
         default=None,
-        help="isolate the object before classifying",
+        help="isolate the object before classifying (the default)",
     )
     crop.add_argument(
         "--no-crop", dest="crop", action="store_false", help="classify the whole image"
@@ -181,7 +181,10 @@ def _classify(args: argparse.Namespace) -> int:
     show_bar = not args.json and len(paths) > 10 and sys.stderr.isatty()
     started = time.perf_counter()
     # The next batch is decoded in a thread while the network runs this one (bench/folder_throughput.py).
-    answers = clf.predict_paths(paths, crop=args.crop, tta=args.tta, batch_size=16)
+    from .segmentation import ISOLATE_BY_DEFAULT
+
+    crop = ISOLATE_BY_DEFAULT if args.crop is None else args.crop
+    answers = clf.predict_paths(paths, crop=crop, tta=args.tta, batch_size=16)
     for i, (path, answer) in enumerate(zip(paths, answers, strict=True), 1):
         if isinstance(answer, ImageLoadError):
             failed += 1

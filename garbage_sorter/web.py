@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from .bins import Region, load_regions
 from .classifier import UNSURE_MESSAGE, Classifier, Prediction
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
+from .segmentation import ISOLATE_BY_DEFAULT
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # a phone photo is 2-8 MB; the core's own limit is 50 MB
 # The model itself runs one batch at a time (Classifier holds a lock); two workers let one request
@@ -46,11 +47,12 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
     examples = _example_photos()
 
     def predict(upload: dict | None) -> dict[str, float]:
-        """Class probabilities of one photo (the public ``/predict`` endpoint)."""
+        """Class probabilities of one photo, as ``classify`` and the page's default give them
+        (the public ``/predict`` endpoint)."""
         image = _uploaded_path(upload)
         if image is None:
             raise _user_error("Send a photo.")
-        return _classify(classifier, image, crop=None).probabilities
+        return _classify(classifier, image, crop=isolation and ISOLATE_BY_DEFAULT).probabilities
 
     def show(upload: dict | None, region_id: str, isolate: bool):
         image = _uploaded_path(upload)
@@ -112,7 +114,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
                     info="Bins differ from place to place.",
                 )
                 isolate = gr.Checkbox(
-                    False,
+                    isolation and ISOLATE_BY_DEFAULT,
                     label="Isolate the object first",
                     info="Crop to the item when it is small in a busy photo.",
                     visible=isolation,

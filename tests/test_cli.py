@@ -26,7 +26,9 @@ def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:
 
 def test_classify_json_one_line_per_image(tiny_model, photos):
     folder = photos[0].parent.parent  # tests/fixtures/photos, walked recursively
-    proc = run_cli("classify", "--json", "--model", str(tiny_model), "--region", "de", str(folder))
+    proc = run_cli(
+        "classify", "--json", "--no-crop", "--model", str(tiny_model), "--region", "de", str(folder)
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == len(photos)
@@ -73,6 +75,20 @@ def test_classify_crop_reports_a_box(tiny_model, photos):
     assert proc.returncode == 0, proc.stderr
     box = json.loads(proc.stdout)["crop_box"]
     assert box is None or (len(box) == 4 and box[0] < box[2] and box[1] < box[3])
+
+
+def test_classify_isolates_by_default(tiny_model, photos):
+    pytest.importorskip("onnxruntime")
+    args = ["classify", "--json", "--model", str(tiny_model), *map(str, photos)]
+    default, crop, whole = run_cli(*args), run_cli(*args, "--crop"), run_cli(*args, "--no-crop")
+
+    def answers(proc):
+        assert proc.returncode == 0, proc.stderr
+        return [(d["label"], d["crop_box"]) for d in map(json.loads, proc.stdout.splitlines())]
+
+    assert answers(default) == answers(crop)
+    assert any(box for _, box in answers(default))  # some photo was cropped to its object
+    assert not any(box for _, box in answers(whole))
 
 
 def test_evaluate_folder_prints_figures(tiny_model, tiny_dataset):

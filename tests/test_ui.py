@@ -23,6 +23,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from garbage_sorter import bins  # noqa: E402
 from garbage_sorter.feedback import count_corrections, feedback_dir  # noqa: E402
+from garbage_sorter.segmentation import ISOLATE_BY_DEFAULT  # noqa: E402
 from garbage_sorter.ui import camera as camera_module  # noqa: E402
 from garbage_sorter.ui.app import application, create_window, run  # noqa: E402
 from garbage_sorter.ui.camera import CameraSource, list_cameras, parse_source, usable_frame  # noqa: E402
@@ -40,6 +41,9 @@ def _private_settings(tmp_path, monkeypatch):
     """Each test starts with no saved region, model, corrections or window geometry."""
     monkeypatch.setenv("GARBAGE_SORTER_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("GARBAGE_SORTER_DATA_DIR", str(tmp_path / "data"))
+    # The app isolates by default; the tests classify whole photos (faster, and what they check)
+    # unless they turn isolation on, as a user would.
+    app_settings().setValue("isolate", False)
 
 
 @pytest.fixture()
@@ -286,6 +290,16 @@ def test_isolate_object_reclassifies_in_place_with_mask_and_box(qtbot, window, p
         left, top, right, bottom = again.prediction.crop_box
         assert 0 <= left < right <= again.image.width and 0 <= top < bottom <= again.image.height
     assert app_settings().value("isolate") in (True, "true")
+
+
+def test_a_fresh_install_isolates_by_default(qtbot, open_window, tiny_model, photos):
+    app_settings().remove("isolate")
+    window = open_window(tiny_model)
+    with qtbot.waitSignal(window.model_loaded, timeout=WAIT):
+        pass
+    assert window.isolate_action.isChecked() is ISOLATE_BY_DEFAULT is True
+    drop_and_wait(qtbot, window, photos[:1])
+    assert window.current.mask is not None  # the isolation ran
 
 
 def test_why_shows_the_gradcam_overlay(qtbot, window, photos):

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 from garbage_sorter import bins
 from garbage_sorter.feedback import count_corrections, feedback_dir, save_correction
 from garbage_sorter.images import IMAGE_SUFFIXES
+from garbage_sorter.segmentation import ISOLATE_BY_DEFAULT
 from garbage_sorter.storage import config_dir, data_dir
 
 from .camera import CameraSource, CameraWorker, list_cameras, parse_source
@@ -203,7 +204,7 @@ class MainWindow(QMainWindow):
         self.shortcuts_action = self._action(
             "&Keyboard shortcuts", self._on_show_shortcuts, QKeySequence.StandardKey.HelpContents
         )
-        self.isolate_action.setChecked(self.settings.value("isolate", False, bool))
+        self.isolate_action.setChecked(self.settings.value("isolate", ISOLATE_BY_DEFAULT, bool))
         self.capture_action.setEnabled(False)
         self.stop_camera_action.setEnabled(False)
 
