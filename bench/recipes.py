@@ -58,13 +58,17 @@ VARIANTS = {
     "tn+rw, LP-FT, more backgrounds 0.8, strong aug, +5 more epochs, 4 blocks frozen": ("all", dict(
         background_aug=0.8, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
         freeze_blocks=4, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
-    # ... averaged with the bundled model and the 4-blocks-frozen run: a uniform model soup of
-    # three fine-tunes of one start (bundled since the fourth session).
+    # ... the same with another seed (sampling, augmentation, backgrounds): a soup ingredient.
+    "tn+rw, LP-FT, more backgrounds, strong aug, +5 more epochs, 4 blocks frozen, seed 1": ("all", dict(
+        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
+        freeze_blocks=4, seed=1, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
+    # ... averaged with the bundled model and the seed-1 run: a uniform model soup of three
+    # fine-tunes of one start (bundled since the fourth session).
     "tn+rw, LP-FT, more backgrounds, strong aug, +5 more epochs, 4 blocks frozen, soup": ("all", dict(
         background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
         freeze_blocks=4, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt",
         soup=["runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt",
-              "runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-more-epochs_4-blocks-frozen/best.pt"])),
+              "runs/recipes/tnrw_LP-FT_more-backgrounds_strong-aug_5-more-epochs_4-blocks-frozen_seed-1/best.pt"])),
     "tn, LP-FT, plain": ("trashnet", dict()),
     "tn+rw, LP-FT, plain": ("all", dict()),
     "tn, linear probe": ("trashnet", dict(mode="head")),
