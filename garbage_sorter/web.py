@@ -23,7 +23,6 @@ from PIL import Image, ImageDraw
 from .bins import Region, load_regions
 from .classifier import UNSURE_MESSAGE, Classifier, Prediction
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
-from .segmentation import ISOLATE_BY_DEFAULT
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # a phone photo is 2-8 MB; the core's own limit is 50 MB
 # The model itself runs one batch at a time (Classifier holds a lock); two workers let one request
@@ -44,6 +43,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
     """The page around ``classifier``, which is shared by all requests and never changed by them."""
     regions = load_regions()
     isolation = _isolation_available()
+    isolate_first = isolates_by_default()
     examples = _example_photos()
 
     def predict(upload: dict | None) -> dict[str, float]:
@@ -52,7 +52,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
         image = _uploaded_path(upload)
         if image is None:
             raise _user_error("Send a photo.")
-        return _classify(classifier, image, crop=isolation and ISOLATE_BY_DEFAULT).probabilities
+        return _classify(classifier, image, crop=isolate_first).probabilities
 
     def show(upload: dict | None, region_id: str, isolate: bool):
         image = _uploaded_path(upload)
@@ -114,7 +114,7 @@ def build_demo(classifier: Classifier) -> gr.Blocks:
                     info="Bins differ from place to place.",
                 )
                 isolate = gr.Checkbox(
-                    isolation and ISOLATE_BY_DEFAULT,
+                    isolate_first,
                     label="Isolate the object first",
                     info="Crop to the item when it is small in a busy photo.",
                     visible=isolation,
@@ -335,6 +335,16 @@ def _isolation_available() -> bool:
     except Exception:  # noqa: BLE001 - any failure to import means the option is hidden
         return False
     return True
+
+
+def isolates_by_default() -> bool:
+    """Whether the page and ``/predict`` isolate the object unless told not to: as ``classify``
+    does (``segmentation.ISOLATE_BY_DEFAULT``), where isolation can be offered at all."""
+    if not _isolation_available():
+        return False
+    from .segmentation import ISOLATE_BY_DEFAULT
+
+    return ISOLATE_BY_DEFAULT
 
 
 def _example_photos() -> list[Path]:

@@ -164,11 +164,6 @@ def direct(web_model) -> Classifier:
     return Classifier.load(web_model, device="cpu")
 
 
-def _page_crops() -> bool:
-    """Whether the page and ``/predict`` isolate the object, as they do by default."""
-    return web._isolation_available() and web.ISOLATE_BY_DEFAULT
-
-
 def _label_of(result: dict) -> str:
     assert set(result) == {"label", "confidences"}, result
     assert len(result["confidences"]) == 3  # gr.Label(num_top_classes=3)
@@ -317,7 +312,7 @@ def test_page_in_a_browser(server, photos, direct, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     photo = next(p for p in photos if p.parent.name == "glass")
-    label = direct.predict(photo, crop=_page_crops()).label
+    label = direct.predict(photo, crop=web.isolates_by_default()).label
     regions = load_regions()
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
@@ -362,7 +357,7 @@ def test_load(server, photos, direct, tmp_path):
     too_big = tmp_path / "too_big.jpg"
     too_big.write_bytes(photos[0].read_bytes() + b"\0" * web.MAX_UPLOAD_BYTES)
     good = photos + ODD_IMAGES
-    answers = direct.predict_batch(good, crop=_page_crops())
+    answers = direct.predict_batch(good, crop=web.isolates_by_default())
     expected = {path: p.label for path, p in zip(good, answers, strict=True)}
     jobs = (
         [("good", good[i % len(good)]) for i in range(140)]
