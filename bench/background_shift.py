@@ -22,8 +22,8 @@ For each model and isolation at inference (off; the U2-Net-P crop as ``classify 
 it; or "whole+crop", the mean of the probabilities for the whole image and the crop, at each
 ``--isolation-size``) one Markdown table gives accuracy on the clean photos, on the same photos
 before shifting, on the board control, on the shifted ones (wood, mixed, both), and how often
-metal on wood is called cardboard. Every image is isolated once per size and its crop reused for all models; the median
-isolation time is measured in the same run.
+metal on wood is called cardboard. Every image is isolated once per size and its crop reused
+for all models; the median isolation time is measured in the same run.
 
     python bench/background_shift.py --model plain=runs/recipes/tn_linear-probe/best.pt \\
         --model bgaug=runs/recipes/tnrw_LP-FT_backgrounds_strong-aug/best.pt \\

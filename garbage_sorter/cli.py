@@ -168,6 +168,7 @@ def _app(args: argparse.Namespace) -> int:
 
 def _classify(args: argparse.Namespace) -> int:
     from .images import ImageLoadError, iter_image_paths
+    from .segmentation import ISOLATE_BY_DEFAULT
 
     kwargs = {"region": args.region}
     if args.isolation:
@@ -180,10 +181,8 @@ def _classify(args: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, str]] = []
     show_bar = not args.json and len(paths) > 10 and sys.stderr.isatty()
     started = time.perf_counter()
-    # The next batch is decoded in a thread while the network runs this one (bench/folder_throughput.py).
-    from .segmentation import ISOLATE_BY_DEFAULT
-
     crop = ISOLATE_BY_DEFAULT if args.crop is None else args.crop
+    # The next batch is decoded in a thread while the network runs this one (bench/folder_throughput.py).
     answers = clf.predict_paths(paths, crop=crop, tta=args.tta, batch_size=16)
     for i, (path, answer) in enumerate(zip(paths, answers, strict=True), 1):
         if isinstance(answer, ImageLoadError):
