@@ -32,6 +32,14 @@ BASE = dict(
     workers=1,
     linear_probe_epochs=1,
 )
+# Training on from a checkpoint: no linear probe, a lower peak, the compositing recipe.
+CONTINUE = dict(
+    background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2
+)
+BUNDLED = (
+    "runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt"  # until the fourth session
+)
+SEED_1 = "runs/recipes/tnrw_LP-FT_more-backgrounds_strong-aug_5-more-epochs_4-blocks-frozen_seed-1/best.pt"
 # fmt: off
 VARIANTS = {
     # name: (sources, overrides)
@@ -39,36 +47,27 @@ VARIANTS = {
     # The same model trained 5 more epochs from its best checkpoint at a lower peak rate (a CPU
     # budget split in two sessions of training).
     "tn+rw, LP-FT, backgrounds, strong aug, +5 epochs": ("all", dict(
-        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
-        weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug/best.pt")),
+        CONTINUE, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug/best.pt")),
     # The bundled model trained 5 more epochs with most TrashNet objects moved onto new
     # backgrounds (background shift, issue 5).
     "tn+rw, LP-FT, backgrounds 0.8, strong aug, +5 more epochs": ("all", dict(
-        background_aug=0.8, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
-        weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
+        CONTINUE, background_aug=0.8, weights=BUNDLED)),
     # ... or with only the stem and first 4 blocks frozen: more of the network adapts.
     "tn+rw, LP-FT, backgrounds, strong aug, +5 more epochs, 4 blocks frozen": ("all", dict(
-        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
-        freeze_blocks=4, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
+        CONTINUE, freeze_blocks=4, weights=BUNDLED)),
     # ... and with two more kinds of training background, any-colour clutter and stripes, and a
     # three times larger pool of them (fourth session).
     "tn+rw, LP-FT, more backgrounds, strong aug, +5 more epochs, 4 blocks frozen": ("all", dict(
-        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
-        freeze_blocks=4, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
+        CONTINUE, freeze_blocks=4, weights=BUNDLED)),
     "tn+rw, LP-FT, more backgrounds 0.8, strong aug, +5 more epochs, 4 blocks frozen": ("all", dict(
-        background_aug=0.8, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
-        freeze_blocks=4, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
+        CONTINUE, background_aug=0.8, freeze_blocks=4, weights=BUNDLED)),
     # ... the same with another seed (sampling, augmentation, backgrounds): a soup ingredient.
     "tn+rw, LP-FT, more backgrounds, strong aug, +5 more epochs, 4 blocks frozen, seed 1": ("all", dict(
-        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
-        freeze_blocks=4, seed=1, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt")),
+        CONTINUE, freeze_blocks=4, seed=1, weights=BUNDLED)),
     # ... averaged with the bundled model and the seed-1 run: a uniform model soup of three
     # fine-tunes of one start (bundled since the fourth session).
     "tn+rw, LP-FT, more backgrounds, strong aug, +5 more epochs, 4 blocks frozen, soup": ("all", dict(
-        background_aug=0.5, aug_strength=1.5, linear_probe_epochs=0, lr=3e-4, warmup_epochs=0.2,
-        freeze_blocks=4, weights="runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt",
-        soup=["runs/recipes/tnrw_LP-FT_backgrounds_strong-aug_5-epochs/best.pt",
-              "runs/recipes/tnrw_LP-FT_more-backgrounds_strong-aug_5-more-epochs_4-blocks-frozen_seed-1/best.pt"])),
+        CONTINUE, freeze_blocks=4, weights=BUNDLED, soup=[BUNDLED, SEED_1])),
     "tn, LP-FT, plain": ("trashnet", dict()),
     "tn+rw, LP-FT, plain": ("all", dict()),
     "tn, linear probe": ("trashnet", dict(mode="head")),
