@@ -140,6 +140,77 @@ def test_sources_side_by_side_and_manifest_groups(tmp_path: Path):
     assert len(set(others)) == 4 and samples["c_a1.jpg"].group not in others
 
 
+TRASHNETPP = TRASHNET.parent / "realworld" / "trashnetpp"
+
+
+@pytest.mark.skipif(not TRASHNETPP.is_dir(), reason="needs the TrashNet++ crops")
+def test_a_third_source_with_source_photo_groups_stays_whole_in_every_split(tmp_path: Path):
+    """Like realworld/ today: taco/, floor-photos/ and trashnetpp/, whose manifest groups crops
+    of one phone photo by ``source_photo`` and which has only glass, metal and plastic."""
+    import csv
+
+    rows = list(csv.DictReader((TRASHNETPP / "manifest.csv").open(newline="")))
+    by_photo: dict[str, list[dict]] = {}
+    for row in rows:
+        by_photo.setdefault(row["source_photo"], []).append(row)
+    several = [crops for crops in by_photo.values() if len(crops) > 1][:8]
+    single = [crops for crops in by_photo.values() if len(crops) == 1][:12]
+    picked = [row for crops in several + single for row in crops]
+    root = tmp_path / "realworld"
+    tpp = root / "trashnetpp"
+    for row in picked:
+        (tpp / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(TRASHNETPP / row["file"], tpp / row["file"])
+    with (tpp / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["file", "class", "source_photo"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(picked)
+    for source, names in {"taco": PHOTOS["trash"], "floor-photos": PHOTOS["cardboard"]}.items():
+        for name in names:
+            label = name.rstrip("0123456789")
+            (root / source / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(_photo(name), root / source / label / f"{name}.jpg")
+
+    samples = scan_folder(root)
+    assert Counter(s.source for s in samples) == {
+        "trashnetpp": len(picked),
+        "taco": 3,
+        "floor-photos": 3,
+    }
+    group_of = {Path(s.path).name: s.group for s in samples}
+    for crops in several:
+        names = [Path(row["file"]).name for row in crops]
+        assert {group_of[n] for n in names} == {f"trashnetpp/photo:{crops[0]['source_photo']}"}
+    assert len({s.group for s in samples if s.source == "trashnetpp"}) == len(several + single)
+
+    found = audit(samples)
+    assert set(found.class_counts["trashnetpp"]) <= {"glass", "metal", "plastic"}
+    assert "trashnetpp" in found.format()
+    cleaned = clean(samples, found)
+    for seed in range(3):
+        parts = split(cleaned, seed=seed)
+        assert sorted(s.path for p in parts.values() for s in p) == sorted(s.path for s in cleaned)
+        side = {}
+        for name, part in parts.items():
+            for s in part:
+                assert side.setdefault(s.group, name) == name, f"{s.group} split across sides"
+        assert any(s.source == "trashnetpp" for s in parts["train"])
+    weights = balance_weights(cleaned)
+    assert all(w > 0 for w in weights) and sum(weights) == pytest.approx(len(cleaned))
+
+
+@pytest.mark.skipif(not TRASHNETPP.is_dir(), reason="needs the TrashNet++ crops")
+def test_the_real_realworld_folder_reads_as_three_sources():
+    import csv
+
+    samples = scan_folder(TRASHNETPP.parent)
+    assert {s.source for s in samples} == {"taco", "floor-photos", "trashnetpp"}
+    tpp = [s for s in samples if s.source == "trashnetpp"]
+    photos = {row["source_photo"] for row in csv.DictReader((TRASHNETPP / "manifest.csv").open())}
+    assert len(tpp) == 1000 and {s.group for s in tpp} == {f"trashnetpp/photo:{p}" for p in photos}
+    assert any(s.group.startswith("taco/taco:") for s in samples)  # as in the committed split
+
+
 def test_audit_finds_the_defects(tree: Path):
     samples = scan_folder(tree)
     found = audit(samples)

@@ -2,10 +2,10 @@
 
 A data folder is one folder per class (torchvision ``ImageFolder`` layout), possibly wrapped in
 extra folders (the Kaggle download nests its classes two levels deep) or holding several sources
-side by side (``realworld/taco``, ``realworld/floor-photos``). Every photo becomes a `Sample` that
-remembers its source and a *group*: photos in one group show the same object (crops of one TACO
-photo, near-duplicate shots in TrashNet) and must stay on one side of a split, or the test set
-measures memory instead of recognition.
+side by side (``realworld/taco``, ``realworld/floor-photos``, ``realworld/trashnetpp``). Every
+photo becomes a `Sample` that remembers its source and a *group*: photos in one group show the
+same object (crops of one TACO or TrashNet++ photo, near-duplicate shots in TrashNet) and must
+stay on one side of a split, or the test set measures memory instead of recognition.
 
 The usual order is ``scan_folder`` -> ``audit`` -> ``clean`` -> ``split`` -> ``save_split``; the
 training loop then reads the split back with ``load_split`` and samples with ``balance_weights``.
@@ -31,6 +31,9 @@ from garbage_sorter.storage import atomic_write
 KAGGLE_HANDLE = "asdasdasasdas/garbage-classification"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_NEAR_DUP_THRESHOLD = 6
+# Manifest columns that name the photo a crop was cut from -> the prefix of its group id.
+# TACO's prefix stays "taco" so that the group ids in the committed split files still match.
+GROUP_COLUMNS = {"taco_image": "taco", "source_photo": "photo"}
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Files that sit beside the photos and are never photos, whatever their bytes look like.
@@ -122,8 +125,9 @@ def scan_folder(
     ``taco/`` and ``floor-photos/``) is read as several sources, each named after its subfolder
     (``source`` is then ignored); subfolders that are not class trees are skipped.
 
-    A ``manifest.csv`` with ``file`` and ``taco_image`` columns puts crops of one source photo
-    into one group; every other photo starts in a group of its own.
+    A ``manifest.csv`` with a ``file`` column and a grouping column (`GROUP_COLUMNS`: TACO's
+    ``taco_image``, TrashNet++'s ``source_photo``) puts crops of one source photo into one group;
+    every other photo starts in a group of its own.
     """
     root = Path(root).absolute()
     wanted = {name.lower() for name in classes} if classes is not None else None
@@ -159,18 +163,25 @@ def _scan_source(root: Path, source: str, wanted: set[str] | None) -> list[Sampl
 
 
 def _manifest_groups(folder: Path, source: str) -> dict[Path, str]:
-    """Map each photo listed in ``folder/manifest.csv`` to the group of its source photo."""
+    """Map each photo listed in ``folder/manifest.csv`` to the group of its source photo.
+
+    The first of `GROUP_COLUMNS` that the manifest has names the source photo; a row with that
+    column empty leaves its photo in a group of its own.
+    """
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
         return {}
     with manifest.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        if not {"file", "taco_image"} <= set(reader.fieldnames or ()):
+        columns = set(reader.fieldnames or ())
+        column = next((c for c in GROUP_COLUMNS if c in columns), None)
+        if "file" not in columns or column is None:
             return {}
+        prefix = GROUP_COLUMNS[column]
         return {
-            folder / row["file"]: f"{source}/taco:{row['taco_image']}"
+            folder / row["file"]: f"{source}/{prefix}:{row[column]}"
             for row in reader
-            if row["file"] and row["taco_image"]
+            if row["file"] and row[column]
         }
 
 
