@@ -77,7 +77,7 @@ def test_classify_crop_reports_a_box(tiny_model, photos):
     assert box is None or (len(box) == 4 and box[0] < box[2] and box[1] < box[3])
 
 
-def test_classify_isolates_by_default(tiny_model, photos):
+def test_classify_takes_the_whole_image_by_default(tiny_model, photos):
     pytest.importorskip("onnxruntime")
     args = ["classify", "--json", "--model", str(tiny_model), *map(str, photos)]
     default, crop, whole = run_cli(*args), run_cli(*args, "--crop"), run_cli(*args, "--no-crop")
@@ -86,9 +86,9 @@ def test_classify_isolates_by_default(tiny_model, photos):
         assert proc.returncode == 0, proc.stderr
         return [(d["label"], d["crop_box"]) for d in map(json.loads, proc.stdout.splitlines())]
 
-    assert answers(default) == answers(crop)
-    assert any(box for _, box in answers(default))  # some photo was cropped to its object
-    assert not any(box for _, box in answers(whole))
+    assert answers(default) == answers(whole)
+    assert not any(box for _, box in answers(default))
+    assert any(box for _, box in answers(crop))  # --crop isolates: some photo was cropped
 
 
 def test_evaluate_folder_prints_figures(tiny_model, tiny_dataset):

@@ -27,7 +27,7 @@ from garbage_sorter.segmentation import ISOLATE_BY_DEFAULT  # noqa: E402
 from garbage_sorter.ui import camera as camera_module  # noqa: E402
 from garbage_sorter.ui.app import application, create_window, run  # noqa: E402
 from garbage_sorter.ui.camera import CameraSource, list_cameras, parse_source, usable_frame  # noqa: E402
-from garbage_sorter.ui.window import MainWindow, app_settings  # noqa: E402
+from garbage_sorter.ui.window import ISOLATE_SETTING, MainWindow, app_settings  # noqa: E402
 
 TESTS = Path(__file__).parent
 TRUNCATED = TESTS / "bad_files" / "truncated.jpg"
@@ -41,9 +41,6 @@ def _private_settings(tmp_path, monkeypatch):
     """Each test starts with no saved region, model, corrections or window geometry."""
     monkeypatch.setenv("GARBAGE_SORTER_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("GARBAGE_SORTER_DATA_DIR", str(tmp_path / "data"))
-    # The app isolates by default; the tests classify whole photos (faster, and what they check)
-    # unless they turn isolation on, as a user would.
-    app_settings().setValue("isolate", False)
 
 
 @pytest.fixture()
@@ -281,7 +278,7 @@ def test_isolate_object_reclassifies_in_place_with_mask_and_box(qtbot, window, p
     drop_and_wait(qtbot, window, photos[:1])
     first = window.current
     with qtbot.waitSignal(window.batch_done, timeout=60_000):
-        window.isolate_action.setChecked(True)
+        window.isolate_action.trigger()  # as a click in the View menu does
     again = window.current
     assert again is not first and again.source == first.source
     assert window.history.ids() == [again.job_id] and first.job_id not in window.results
@@ -289,17 +286,25 @@ def test_isolate_object_reclassifies_in_place_with_mask_and_box(qtbot, window, p
     if again.prediction.crop_box:
         left, top, right, bottom = again.prediction.crop_box
         assert 0 <= left < right <= again.image.width and 0 <= top < bottom <= again.image.height
-    assert app_settings().value("isolate") in (True, "true")
+    assert app_settings().value(ISOLATE_SETTING) in (True, "true")
 
 
-def test_a_fresh_install_isolates_by_default(qtbot, open_window, tiny_model, photos):
-    app_settings().remove("isolate")
+def test_a_fresh_install_classifies_the_whole_photo(qtbot, open_window, tiny_model, photos):
+    # The key the app wrote at every start while isolation was the default is not a user's choice.
+    app_settings().setValue("isolate", True)
     window = open_window(tiny_model)
     with qtbot.waitSignal(window.model_loaded, timeout=WAIT):
         pass
-    assert window.isolate_action.isChecked() is ISOLATE_BY_DEFAULT is True
+    assert window.isolate_action.isChecked() is ISOLATE_BY_DEFAULT is False
     drop_and_wait(qtbot, window, photos[:1])
-    assert window.current.mask is not None  # the isolation ran
+    assert window.current.mask is None and window.current.prediction.crop_box is None
+    assert app_settings().value(ISOLATE_SETTING) is None  # nothing saved without a choice
+
+
+def test_the_isolate_choice_is_remembered(qtbot, open_window, tiny_model):
+    window = open_window(tiny_model)
+    window.isolate_action.trigger()
+    assert open_window(tiny_model).isolate_action.isChecked()
 
 
 def test_why_shows_the_gradcam_overlay(qtbot, window, photos):

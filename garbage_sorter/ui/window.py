@@ -38,6 +38,8 @@ from .inference import InferenceWorker, Job, Result, expand_paths, explain, load
 from .tasks import run_task
 from .widgets import HistoryList, ImageView, Notice, ResultPanel
 
+# The View > Isolate object setting, stored only when the user toggles it.
+ISOLATE_SETTING = "isolate_object"
 SHORTCUTS = [
     ("Ctrl+O", "Open photos"),
     ("Ctrl+V", "Paste a photo"),
@@ -204,7 +206,13 @@ class MainWindow(QMainWindow):
         self.shortcuts_action = self._action(
             "&Keyboard shortcuts", self._on_show_shortcuts, QKeySequence.StandardKey.HelpContents
         )
-        self.isolate_action.setChecked(self.settings.value("isolate", ISOLATE_BY_DEFAULT, bool))
+        # Saved only when the user toggles it, so a user who never did follows ISOLATE_BY_DEFAULT.
+        # The older "isolate" key is ignored: the app wrote it at every start while isolation was
+        # the default, so it records that default, not a choice.
+        self.isolate_action.setChecked(
+            self.settings.value(ISOLATE_SETTING, ISOLATE_BY_DEFAULT, bool)
+        )
+        self.isolate_action.triggered.connect(self._on_isolate_chosen)
         self.capture_action.setEnabled(False)
         self.stop_camera_action.setEnabled(False)
 
@@ -595,8 +603,10 @@ class MainWindow(QMainWindow):
 
     # -- isolate, why, region ---------------------------------------------------------------------
 
+    def _on_isolate_chosen(self, on: bool) -> None:
+        self.settings.setValue(ISOLATE_SETTING, on)
+
     def _on_isolate_toggled(self, on: bool) -> None:
-        self.settings.setValue("isolate", on)
         if self.current is not None and (self.camera is None or self._frozen) and self.classifier:
             # Classify the photo on show again, with or without the crop, in its place in the history.
             job = Job(self.current.source, self.current.image, isolate=on)
