@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-SUBCOMMANDS = ("app", "classify", "evaluate", "web", "train", "export")
+SUBCOMMANDS = ("app", "classify", "evaluate", "web", "train", "export", "adapt")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -110,6 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="photos to calibrate --int8 on: a folder, or a split file/folder written by train "
         "(default: the model's training photos, when on this machine)",
     )
+
+    adapt = sub.add_parser(
+        "adapt", help="adapt the model to one setting (one camera, bin and light) from its photos"
+    )
+    adapt.add_argument("--out", metavar="MODEL.pt", required=True, help="write the adapted model")
+    adapt.add_argument("--model", metavar="BASE", help="model to adapt (default: the bundled one)")
+    adapt.add_argument(
+        "--labelled",
+        metavar="DIR",
+        help="a folder per class (cardboard glass metal paper plastic trash, any subset) of "
+        "photos from the setting with their right class",
+    )
+    adapt.add_argument(
+        "photos",
+        nargs="*",
+        metavar="PHOTO_OR_FOLDER",
+        help="unlabelled photos of the setting (folders are walked recursively)",
+    )
     return parser
 
 
@@ -136,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _web(args)
         if command == "export":
             return _export(args)
+        if command == "adapt":
+            return _adapt(args)
     except KeyboardInterrupt:
         return 130
     except _Failure as exc:
@@ -306,6 +326,25 @@ def _export(args: argparse.Namespace) -> int:
         except ValueError as exc:  # no calibration photos
             raise _Failure(str(exc), 2) from None
         print(f"wrote {q}")
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from .adapt import AdaptError, adapt
+
+    started = time.perf_counter()
+    report = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        record = adapt(
+            args.out, args.photos, base=args.model, labelled=args.labelled, progress=report
+        )
+    except AdaptError as exc:
+        raise _Failure(str(exc), exc.status) from None
+    print(
+        f"wrote {args.out}: adapted to {record['unlabelled_photos']} unlabelled and "
+        f"{record['labelled_photos']} labelled photos (blend {record['alpha']:g}, "
+        f"{record['head']} head, {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
+    )
     return 0
 
 

@@ -319,12 +319,19 @@ def fit_head(
     config: TrainConfig,
     weights: np.ndarray | None = None,
     epochs: int = 300,
+    init: nn.Linear | None = None,
 ) -> tuple[nn.Linear, float]:
-    """Train a linear head on cached features (full batch AdamW); returns (head, val accuracy)."""
+    """Train a linear head on cached features (full batch AdamW); returns (head, val accuracy).
+
+    ``init``: start from this head's weights instead of a random one (adapting a trained model
+    to a few labelled photos starts from the head it has).
+    """
     torch.manual_seed(config.seed)
     x, y = torch.from_numpy(train_x), torch.from_numpy(train_y).long()
     vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y).long()
     head = nn.Linear(x.shape[1], num_classes)
+    if init is not None:
+        head.load_state_dict({k: v.detach().float().cpu() for k, v in init.state_dict().items()})
     optimizer = torch.optim.AdamW(
         head.parameters(), lr=config.lr * 10, weight_decay=config.weight_decay
     )

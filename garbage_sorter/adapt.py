@@ -1,0 +1,434 @@
+"""Adapting a model to one fixed setting: one camera, one bin, one light.
+
+A desktop sorter lives in one place, and a photo from there differs from the training photos in
+ways the network's BatchNorm statistics measure: colour cast, exposure, background, lens. Here:
+
+1. **Unlabelled photos** of the setting re-estimate those statistics (AdaBN, Li et al. 2016):
+   the BatchNorm layers' running means and variances are reset, the photos are forwarded with
+   the layers in train mode and a cumulative average (``momentum=None``), and the result is
+   blended with the shipped statistics, ``alpha * setting + (1 - alpha) * shipped``. ``alpha``
+   and how many blocks from the input are adapted are the method's two knobs.
+2. **Labelled photos** (a folder per class, the user's corrections) choose among the shipped
+   model, blends and a linear head refitted on the adapted features (training's ``fit_head``,
+   started from the shipped head), by accuracy on photos each candidate was not fitted on
+   (k-fold). The shipped model is one candidate, so labels never make a setting worse by more
+   than their own noise; with enough of them, temperature and the "not sure" threshold are
+   refitted too (training's ``calibrate``).
+
+Adaptation belongs to one setting chosen by the user, not to random uploads: on mixed photos
+the re-estimated statistics describe no one setting and cost accuracy (BENCHMARKS.md, "Adapting
+to one setting"). The result is a new checkpoint; the base file is never written to.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .archs import feature_map
+from .images import ImageLoadError, iter_image_paths, load_image
+from .model import Checkpoint, CheckpointError, head_name, load_checkpoint, save_checkpoint
+from .presets import EvalTransform
+
+MIN_PHOTOS = 16  # fewer photos estimate a channel's variance too noisily to beat the shipped one
+# Measured on the benchmark settings (bench/adapt.py): without labels to choose, adapt every
+# layer and blend: full replacement gains most on a strongly shifted camera but costs a little
+# on photos like the training ones.
+DEFAULT_ALPHA = 1.0
+DEFAULT_BLOCKS: int | None = None  # None: every BatchNorm layer
+ALPHAS = (0.0, 0.5, 1.0)  # the blends labelled photos choose among
+MIN_TO_CHOOSE = 12  # labelled photos needed to choose by k-fold accuracy instead of the default
+MIN_TO_CALIBRATE = 30  # ... and to refit temperature and threshold
+BATCH = 32
+METHOD = "adabn-blend"
+
+ProgressFn = Callable[[str], None]
+
+
+class AdaptError(ValueError):
+    """Input that adaptation cannot use; ``status`` is the CLI's exit status (1 or 2)."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Photos:
+    """Preprocessed photos of one setting: unlabelled tensors and labelled (tensor, class index)."""
+
+    unlabelled: list[torch.Tensor] = field(default_factory=list)
+    labelled: list[torch.Tensor] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    unreadable: int = 0
+
+
+def labelled_folder(
+    folder: str | os.PathLike[str], classes: Sequence[str]
+) -> dict[str, list[Path]]:
+    """The photos of a folder-per-class tree, by class; any subset of ``classes`` may be present.
+
+    Raises:
+        AdaptError (status 2): not a folder, a folder named after no class, or loose photos.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise AdaptError(f"--labelled {folder}: not a folder", 2)
+    entries = [p for p in sorted(root.iterdir()) if not p.name.startswith(".")]
+    unknown = [p.name for p in entries if p.is_dir() and p.name not in classes]
+    if unknown:
+        raise AdaptError(
+            f"--labelled {folder}: unknown class folder(s) {', '.join(unknown)}; "
+            f"use some of {', '.join(classes)}",
+            2,
+        )
+    loose = [p.name for p in entries if p.is_file()]
+    if loose:
+        raise AdaptError(
+            f"--labelled {folder}: {loose[0]} is not in a class folder; put each photo in a "
+            f"folder named after its class ({', '.join(classes)})",
+            2,
+        )
+    return {p.name: list(iter_image_paths([p])) for p in entries if p.is_dir()}
+
+
+def read_photos(
+    checkpoint: Checkpoint,
+    unlabelled: Sequence[Path],
+    labelled: dict[str, list[Path]] | None = None,
+    progress: ProgressFn | None = None,
+) -> Photos:
+    """Decode and preprocess the photos as the checkpoint says; unreadable files are counted."""
+    report = progress or (lambda message: None)
+    prep = checkpoint.preprocessing
+    transform = EvalTransform(prep)
+    index = {c: i for i, c in enumerate(checkpoint.classes)}
+    jobs = [(p, None) for p in unlabelled]
+    jobs += [(p, index[c]) for c, paths in (labelled or {}).items() for p in paths]
+
+    def read(job: tuple[Path, int | None]) -> torch.Tensor | None:
+        try:
+            return transform(load_image(job[0], draft=prep.resize))
+        except ImageLoadError:
+            return None
+
+    photos = Photos()
+    # PIL's decoder releases the GIL: two threads keep both cores busy.
+    with ThreadPoolExecutor(2, thread_name_prefix="adapt-decode") as pool:
+        for i, ((_, label), tensor) in enumerate(zip(jobs, pool.map(read, jobs), strict=True), 1):
+            if tensor is None:
+                photos.unreadable += 1
+            elif label is None:
+                photos.unlabelled.append(tensor)
+            else:
+                photos.labelled.append(tensor)
+                photos.labels.append(label)
+            if i % 50 == 0 or i == len(jobs):
+                report(f"reading photos {i}/{len(jobs)}")
+    return photos
+
+
+def bn_groups(model: nn.Module, arch: str) -> list[list[nn.BatchNorm2d]]:
+    """BatchNorm layers grouped from the input: the stem, each block, then the head's."""
+
+    def norms(module: nn.Module) -> list[nn.BatchNorm2d]:
+        return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    if arch == "resnet18":
+        return [[model.bn1], *[norms(getattr(model, f"layer{i}")) for i in range(1, 5)]]
+    return [[model._bn0], *[norms(block) for block in model._blocks], [model._bn1]]
+
+
+def adapted_layers(model: nn.Module, arch: str, blocks: int | None) -> list[nn.BatchNorm2d]:
+    """The layers adaptation changes: the stem and the first ``blocks`` blocks, or all (None)."""
+    groups = bn_groups(model, arch)
+    chosen = groups if blocks is None else groups[: blocks + 1]
+    return [bn for group in chosen for bn in group]
+
+
+Stats = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def current_statistics(layers: Sequence[nn.BatchNorm2d]) -> Stats:
+    """Copies of the layers' running (mean, variance)."""
+    return [(bn.running_mean.clone(), bn.running_var.clone()) for bn in layers]
+
+
+def set_statistics(layers: Sequence[nn.BatchNorm2d], stats: Stats) -> None:
+    for bn, (mean, var) in zip(layers, stats, strict=True):
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+
+
+def setting_statistics(
+    model: nn.Module,
+    layers: Sequence[nn.BatchNorm2d],
+    tensors: Sequence[torch.Tensor],
+    progress: ProgressFn | None = None,
+    seed: int = 0,
+) -> Stats:
+    """AdaBN: the layers' statistics re-estimated on ``tensors``; the model is left as it was.
+
+    The photos are forwarded in a fixed shuffled order in near-equal batches, with the adapted
+    layers in train mode (each normalises by its batch, as in training) and a cumulative
+    average of the batch statistics; every other layer keeps its shipped statistics.
+    """
+    report = progress or (lambda message: None)
+    before = current_statistics(layers)
+    momenta = [bn.momentum for bn in layers]
+    order = np.random.default_rng(seed).permutation(len(tensors))
+    chunks = np.array_split(order, max(1, round(len(tensors) / BATCH)))
+    model.eval()
+    try:
+        for bn in layers:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        with torch.no_grad():
+            for i, chunk in enumerate(chunks, 1):
+                model(torch.stack([tensors[j] for j in chunk]))
+                report(f"measuring the setting {min(i * len(chunk), len(tensors))}/{len(tensors)}")
+        stats = current_statistics(layers)
+    finally:
+        for bn, momentum in zip(layers, momenta, strict=True):
+            bn.momentum = momentum
+            bn.eval()
+        set_statistics(layers, before)
+    return stats
+
+
+def blend(source: Stats, target: Stats, alpha: float) -> Stats:
+    """``alpha * target + (1 - alpha) * source``, mean and variance each."""
+    return [
+        ((1 - alpha) * sm + alpha * tm, (1 - alpha) * sv + alpha * tv)
+        for (sm, sv), (tm, tv) in zip(source, target, strict=True)
+    ]
+
+
+def pooled_features(model: nn.Module, arch: str, tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    """The head's input (pooled last feature map) for preprocessed tensors, in eval mode."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(tensors), BATCH):
+            x = torch.stack(list(tensors[start : start + BATCH]))
+            out.append(feature_map(model, arch, x).mean((2, 3)).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def head_logits(head: nn.Linear, feats: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return head(torch.from_numpy(feats)).numpy()
+
+
+def _fit(head: nn.Linear, feats: np.ndarray, y: np.ndarray, num_classes: int) -> nn.Linear:
+    """Training's linear-head fitting, started from ``head``, on labelled features."""
+    from .training.config import TrainConfig
+    from .training.train import fit_head
+
+    fitted, _ = fit_head(feats, y, feats, y, num_classes, TrainConfig(), epochs=100, init=head)
+    return fitted.eval()
+
+
+def out_of_fold_logits(
+    head: nn.Linear, feats: np.ndarray, y: np.ndarray, num_classes: int, folds: int = 5
+) -> np.ndarray:
+    """Logits of a head refitted on the other folds, for every labelled photo (k-fold)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(y)[np.unique(y)].min())
+    k = max(2, min(folds, smallest))
+    logits = np.zeros((len(y), num_classes), np.float32)
+    if smallest < 2:  # a class with one photo: plain k-fold, that photo is judged by the others
+        from sklearn.model_selection import KFold
+
+        splits = KFold(k, shuffle=True, random_state=0).split(feats)
+    else:
+        splits = StratifiedKFold(k, shuffle=True, random_state=0).split(feats, y)
+    for fit_idx, held in splits:
+        logits[held] = head_logits(_fit(head, feats[fit_idx], y[fit_idx], num_classes), feats[held])
+    return logits
+
+
+@dataclass
+class Adapted:
+    """An adapted network with its calibration and a record of how it was chosen."""
+
+    model: nn.Module
+    calibration: dict[str, float]
+    choice: dict[str, Any]
+
+
+def adapt_model(
+    checkpoint: Checkpoint,
+    photos: Photos,
+    *,
+    alpha: float | None = None,
+    blocks: int | None = DEFAULT_BLOCKS,
+    progress: ProgressFn | None = None,
+) -> Adapted:
+    """Adapt ``checkpoint``'s network to the setting the photos show.
+
+    Args:
+        alpha: blend weight of the setting's statistics; None: chosen by the labelled photos when
+            there are at least ``MIN_TO_CHOOSE``, else ``DEFAULT_ALPHA``.
+        blocks: adapt the stem and this many blocks (None: every BatchNorm layer).
+    """
+    report = progress or (lambda message: None)
+    arch, classes = checkpoint.arch, checkpoint.classes
+    model = checkpoint.build()
+    layers = adapted_layers(model, arch, blocks)
+    source = current_statistics(layers)
+    # Labelled photos are photos of the setting too: they count towards its statistics.
+    target = setting_statistics(model, layers, photos.unlabelled + photos.labelled, report)
+    head = getattr(model, head_name(arch))
+    calibration = dict(checkpoint.calibration)
+    y = np.array(photos.labels, dtype=np.int64)
+    choice: dict[str, Any] = {"blocks": blocks, "head": "original"}
+    if alpha is not None or len(y) < MIN_TO_CHOOSE or len(np.unique(y)) < 2:
+        choice["alpha"] = DEFAULT_ALPHA if alpha is None else float(alpha)
+        choice["chosen_by"] = "given" if alpha is not None else "default (too few labelled photos)"
+        set_statistics(layers, blend(source, target, choice["alpha"]))
+        return Adapted(model.eval(), calibration, choice)
+
+    # Candidates in order of caution: on a tie the earlier (closer to the shipped model) wins.
+    report(f"choosing with {len(y)} labelled photos")
+    candidates = []
+    for a in ALPHAS:
+        set_statistics(layers, blend(source, target, a))
+        feats = pooled_features(model, arch, photos.labelled)
+        candidates.append((a, "original", head_logits(head, feats), feats))
+    for a, _, _, feats in list(candidates):
+        oof = out_of_fold_logits(head, feats, y, len(classes))
+        candidates.append((a, "refitted", oof, feats))
+    scores = [float((logits.argmax(1) == y).mean()) for _, _, logits, _ in candidates]
+    best = int(np.argmax(scores))  # argmax keeps the first of equal scores
+    a, kind, logits, feats = candidates[best]
+    set_statistics(layers, blend(source, target, a))
+    if kind == "refitted":
+        head.load_state_dict(_fit(head, feats, y, len(classes)).state_dict())
+    choice.update(
+        alpha=a,
+        head=kind,
+        chosen_by=f"{len(y)} labelled photos, {min(5, int(np.bincount(y)[np.unique(y)].min()))}"
+        "-fold accuracy",
+        candidates=[
+            {"alpha": c[0], "head": c[1], "accuracy": s}
+            for c, s in zip(candidates, scores, strict=True)
+        ],
+    )
+    if len(y) >= MIN_TO_CALIBRATE:
+        from .training.report import calibrate
+
+        target_precision = float(checkpoint.config.get("target_precision", 0.95))
+        calibration = calibrate(logits, y, target_precision)
+        choice["calibrated_on"] = len(y)
+    return Adapted(model.eval(), calibration, choice)
+
+
+def file_hash(path: str | os.PathLike[str]) -> str:
+    """First 16 hex digits of the file's SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def adapt(
+    out: str | os.PathLike[str],
+    photos: Sequence[str | os.PathLike[str]] = (),
+    *,
+    base: str | os.PathLike[str] | None = None,
+    labelled: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Adapt ``base`` (default: the bundled model) to one setting and write the result to ``out``.
+
+    ``photos``: unlabelled photos of the setting (files or folders, walked like ``classify``);
+    ``labelled``: a folder per class of labelled photos from the same setting.
+
+    Returns:
+        The adaptation record stored in the checkpoint (``config["adaptation"]``).
+
+    Raises:
+        AdaptError: unusable input, with the CLI's exit status (2: usage, 1: unusable files).
+    """
+    from .classifier import bundled_model_path
+
+    report = progress or (lambda message: None)
+    base_path = Path(base) if base else bundled_model_path()
+    if not photos and labelled is None:
+        raise AdaptError("give photos of the setting, --labelled DIR, or both", 2)
+    if base_path.suffix.lower() == ".onnx":
+        raise AdaptError(
+            f"{base_path}: an ONNX model cannot be adapted; give the .pt checkpoint it was "
+            "exported from",
+            2,
+        )
+    if Path(out).resolve() == base_path.resolve():
+        raise AdaptError(f"--out {out}: that is the base model; write the adapted one elsewhere", 2)
+    try:
+        checkpoint = load_checkpoint(base_path)
+    except CheckpointError as exc:
+        raise AdaptError(str(exc), 1) from None
+    by_class = labelled_folder(labelled, checkpoint.classes) if labelled is not None else {}
+    unlabelled = list(iter_image_paths(photos))
+    found = len(unlabelled) + sum(len(v) for v in by_class.values())
+    if not found:
+        where = [str(p) for p in photos] + ([str(labelled)] if labelled is not None else [])
+        raise AdaptError("no photos found in " + ", ".join(where), 1)
+    read = read_photos(checkpoint, unlabelled, by_class, report)
+    readable = len(read.unlabelled) + len(read.labelled)
+    if readable < MIN_PHOTOS:
+        raise AdaptError(
+            f"only {readable} readable photos ({read.unreadable} could not be read); adapting "
+            f"needs at least {MIN_PHOTOS} photos of the setting",
+            1,
+        )
+    adapted = adapt_model(checkpoint, read, progress=report)
+    record = {
+        "method": METHOD,
+        **adapted.choice,
+        "unlabelled_photos": len(read.unlabelled),
+        "labelled_photos": len(read.labelled),
+        "labelled_per_class": {
+            c: int(n)
+            for c, n in zip(
+                checkpoint.classes,
+                np.bincount(read.labels, minlength=len(checkpoint.classes)),
+                strict=True,
+            )
+            if n
+        },
+        "unreadable_photos": read.unreadable,
+        "base_model": str(base_path),
+        "base_sha256": file_hash(base_path),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    half = any(
+        v.dtype == torch.float16 for v in checkpoint.state_dict.values() if v.is_floating_point()
+    )
+    report(f"writing {out}")
+    save_checkpoint(
+        out,
+        adapted.model,
+        arch=checkpoint.arch,
+        classes=checkpoint.classes,
+        preprocessing=checkpoint.preprocessing,
+        calibration=adapted.calibration,
+        config={**checkpoint.config, "adaptation": record},
+        metrics={"adaptation": record},
+        half=half,
+    )
+    return record
