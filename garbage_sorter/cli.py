@@ -36,12 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
-    app = sub.add_parser("app", help="open the desktop app (default)")
+    app = sub.add_parser(
+        "app",
+        help="open the desktop app (the default: `garbage-sorter [OPTIONS] [PHOTO...]` is the same)",
+    )
     _model_options(app)
     app.add_argument(
         "--camera", metavar="INDEX|PATH", help="camera index or a video file to use as camera"
     )
     app.add_argument("--region", help="bin profile, e.g. de, uk, us")
+    app.add_argument(
+        "photos", nargs="*", metavar="PHOTO", help="photos or folders to classify at launch"
+    )
 
     classify = sub.add_parser("classify", help="classify image files or folders")
     _model_options(classify)
@@ -137,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .training.train import cli
 
         return cli(argv[1:])
+    if _means_app(argv):
+        argv.insert(0, "app")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -164,6 +172,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _means_app(argv: list[str]) -> bool:
+    """Whether ``argv`` is the bare command: nothing, app options, or photos (``Open with``).
+
+    A plain word that is no subcommand stays a usage error (``clasify`` is a typo, not a photo),
+    while anything that looks like a path goes to the app, which reports a missing one.
+    """
+    if not argv:
+        return True
+    first = argv[0]
+    if first in SUBCOMMANDS or first in ("-h", "--help", "--version"):
+        return False
+    return first.startswith("-") or "." in first or "/" in first or Path(first).exists()
+
+
 class _Failure(Exception):
     def __init__(self, message: str, status: int = 1):
         super().__init__(message)
@@ -187,7 +209,13 @@ def _app(args: argparse.Namespace) -> int:
         from .ui.app import run
     except ImportError as exc:
         raise _Failure(f"the desktop app cannot start: {exc}") from None
-    return run(model=args.model, device=args.device, camera=args.camera, region=args.region)
+    return run(
+        model=args.model,
+        device=args.device,
+        camera=args.camera,
+        region=args.region,
+        photos=args.photos,
+    )
 
 
 def _classify(args: argparse.Namespace) -> int:

@@ -131,3 +131,13 @@ def test_uncertain_answers_say_not_sure(tmp_path, photos):
     assert answer["uncertain"] is True and answer["label"] in CLASSES
     table = run_cli("classify", "--model", str(model), str(photos[0]))
     assert UNSURE_MESSAGE in table.stdout
+
+
+def test_help_lists_the_subcommands_and_a_mistyped_one_is_a_usage_error():
+    from garbage_sorter.cli import SUBCOMMANDS
+
+    proc = run_cli("--help", timeout=60)
+    assert proc.returncode == 0 and all(sub in proc.stdout for sub in SUBCOMMANDS)
+    typo = run_cli("clasify", "bottle.jpg", timeout=60)  # a word, not a photo: not the app
+    assert typo.returncode == 2 and "invalid choice: 'clasify'" in typo.stderr
+    assert_no_traceback(typo)

@@ -187,6 +187,66 @@ def test_run_without_a_display_says_so(monkeypatch, capsys):
     assert "no display" in capsys.readouterr().err
 
 
+def _close_when(condition, seconds: float = 120) -> dict:
+    """Close the app's window once ``condition(window)`` holds (or time is up); what it showed."""
+    seen: dict = {}
+    deadline = time.monotonic() + seconds
+
+    def check():
+        windows = [
+            w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()
+        ]
+        if windows and (condition(windows[0]) or time.monotonic() > deadline):
+            window = windows[0]
+            seen.update(
+                region=window.region.id,
+                sources=[window.results[i].source for i in window.history.ids()],
+                current=window.current.source if window.current else None,
+                notice=window.notice.message(),
+            )
+            window.close()
+        else:
+            QTimer.singleShot(50, check)
+
+    QTimer.singleShot(50, check)
+    return seen
+
+
+def test_the_bare_command_opens_the_app_on_a_photo_given_at_launch(tiny_model, photos):
+    """``garbage-sorter --region de --model M PHOTO``: the real CLI path, in this process."""
+    from garbage_sorter.cli import main
+
+    application()
+    seen = _close_when(lambda w: w.current is not None)
+    assert main(["--region", "de", "--model", str(tiny_model), str(photos[0])]) == 0
+    assert seen["current"] == photos[0].name and seen["sources"] == [photos[0].name]
+    assert seen["region"] == "de" and seen["notice"] == ""
+
+
+def test_open_with_several_photos_and_a_missing_one(tiny_model, photos, tmp_path):
+    """``garbage-sorter app A B MISSING``, as a file manager's "Open with" runs it."""
+    from garbage_sorter.cli import main
+
+    application()
+    missing = tmp_path / "gone.jpg"
+    seen = _close_when(lambda w: len(w.results) == 2 and "gone.jpg" in w.notice.message())
+    assert main(["app", "--model", str(tiny_model), *map(str, photos[:2]), str(missing)]) == 0
+    assert sorted(seen["sources"]) == sorted(p.name for p in photos[:2])
+    assert "Could not read gone.jpg" in seen["notice"]
+
+
+def test_first_look_before_any_photo_offers_nothing_to_act_on(qtbot, window, photos):
+    panel = window.result_panel
+    answer = [panel.title, panel.confidence, *(w for row in panel._top_rows for w in row)]
+    assert all(w.isHidden() for w in answer)  # no "—", no "0% sure" bar, no empty top three
+    assert not window.why_action.isEnabled() and not panel.wrong_button.isEnabled()
+    drop_and_wait(qtbot, window, photos[:1])
+    assert all(w.isVisible() for w in answer)
+    assert window.why_action.isEnabled() and panel.wrong_button.isEnabled()
+    window.clear_action.trigger()
+    assert all(w.isHidden() for w in answer) and not window.why_action.isEnabled()
+
+
 # -- photos in, results out -------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPalette, QPixmap
@@ -76,13 +77,19 @@ def create_window(
     device: str = "auto",
     camera: int | str | None = None,
     region: str | None = None,
+    photos: Sequence[str] = (),
 ) -> MainWindow:
-    """A shown window that is loading ``model`` (default: the last one chosen, else the bundled one)."""
+    """A shown window that is loading ``model`` (default: the last one chosen, else the bundled one).
+
+    ``photos`` (files or folders, as given on the command line or by a file manager's "Open
+    with") are opened as if dropped on the window: answered once the model is in.
+    """
     window = MainWindow(device=device, region=region)
     window.show()
     window.load_model(model or window.saved_model_path(), remember=False)
     if camera is not None:
         window.start_camera(parse_source(camera))
+    window.open_paths([str(p) for p in photos])
     return window
 
 
@@ -103,16 +110,17 @@ def run(
     device: str = "auto",
     camera: int | str | None = None,
     region: str | None = None,
+    photos: Sequence[str] = (),
 ) -> int:
-    """Open the window and run until it is closed; returns the exit status.
+    """Open the window (classifying ``photos``) and run until it is closed; returns the exit status.
 
-    A model that fails to load, a camera that fails, or an unknown region do not stop the app:
-    the window opens and says so.
+    A model that fails to load, a camera that fails, an unknown region or a photo that cannot be
+    read do not stop the app: the window opens and says so.
     """
     problem = _no_display()
     if problem:
         print(f"garbage-sorter: {problem}", file=sys.stderr)
         return 1
     app = application()
-    window = create_window(model, device, camera, region)  # noqa: F841 - kept alive until exec ends
+    window = create_window(model, device, camera, region, photos)  # noqa: F841 - kept alive until exec ends
     return app.exec()

@@ -214,12 +214,13 @@ class ResultPanel(QFrame):
     def __init__(self, why_action: QAction, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("ResultPanel")
+        self._why_action = why_action
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 16, 16, 12)
         layout.setSpacing(8)
 
         self.caption = _label("Waiting for a photo", muted=True)
-        self.title = _label("—", size=2.2, bold=True)
+        self.title = _label("", size=2.2, bold=True)
         self.confidence = QProgressBar()
         self.confidence.setRange(0, 100)
         self.confidence.setFormat("%p% sure")
@@ -293,9 +294,11 @@ class ResultPanel(QFrame):
         self.correction_chosen.emit(self.sender().data())
 
     def clear(self, message: str = "Waiting for a photo") -> None:
+        """No answer on show: the caption says why; no class, no "0% sure", nothing to act on."""
         self.caption.setText(message)
-        self.title.setText("—")
+        self.title.setText("")
         self.confidence.setValue(0)
+        self._set_answer_visible(False)
         for name, bar, pct in self._top_rows:
             name.setText("")
             bar.setValue(0)
@@ -305,6 +308,11 @@ class ResultPanel(QFrame):
         self.bin_note.setText("The bin for the item will show here.")
         self.region_note.setText("")
         self.set_actions_enabled(False)
+        self._why_action.setEnabled(False)
+
+    def _set_answer_visible(self, on: bool) -> None:
+        for widget in (self.title, self.confidence, *(w for row in self._top_rows for w in row)):
+            widget.setVisible(on)
 
     def set_actions_enabled(self, on: bool, why_hint: str = "") -> None:
         self.wrong_button.setEnabled(on)
@@ -331,6 +339,8 @@ class ResultPanel(QFrame):
             bar.setValue(round(p * 1000))
             pct.setText(f"{p:.0%}")
         self.show_bin(prediction, region, unsure_message)
+        self._set_answer_visible(True)
+        self._why_action.setEnabled(True)  # on a live frame, "Why?" captures it first
 
     def show_bin(self, prediction, region, unsure_message: str) -> None:
         if prediction.uncertain:

@@ -365,8 +365,9 @@ class MainWindow(QMainWindow):
         self.model_failed.emit(message)
 
     def _update_model_actions(self) -> None:
+        # "Why?" follows the result panel instead: it needs an answer, and answers need a model.
         ready = self.classifier is not None
-        for action in (self.card_action, self.retrain_action, self.why_action):
+        for action in (self.card_action, self.retrain_action):
             action.setEnabled(ready)
 
     def _on_open_model(self) -> None:
