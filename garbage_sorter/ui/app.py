@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from importlib.resources import files
 
-from PySide6.QtCore import QRectF, Qt
-from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPalette, QPixmap
+from PySide6.QtGui import QColor, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
 from .camera import parse_source
@@ -36,24 +36,8 @@ QToolButton::menu-indicator { subcontrol-position: right center; right: 7px; }
 
 
 def app_icon() -> QIcon:
-    """A green rounded square with the recycling sign, drawn so no image file is needed."""
-    icon = QIcon()
-    for side in (16, 32, 64, 128, 256):
-        pixmap = QPixmap(side, side)
-        pixmap.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(pixmap)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor("#2e7d32"))
-        painter.drawRoundedRect(QRectF(0, 0, side, side), side * 0.22, side * 0.22)
-        font = QFont()
-        font.setPixelSize(round(side * 0.72))
-        painter.setFont(font)
-        painter.setPen(QColor("white"))
-        painter.drawText(QRectF(0, 0, side, side), Qt.AlignmentFlag.AlignCenter, "♻")
-        painter.end()
-        icon.addPixmap(pixmap)
-    return icon
+    """The icon the desktop menu shows too (``resources/icons``, named in the ``.desktop`` entry)."""
+    return QIcon(str(files("garbage_sorter.resources") / "icons" / "garbage-sorter.svg"))
 
 
 def application() -> QApplication:
@@ -63,6 +47,7 @@ def application() -> QApplication:
         app = QApplication(sys.argv[:1])
     app.setApplicationName("Garbage Sorter")
     app.setOrganizationName("garbage-sorter")
+    app.setDesktopFileName("garbage-sorter")  # the .desktop entry, so docks show its name and icon
     app.setStyle("Fusion")
     palette = app.palette()
     palette.setColor(QPalette.ColorRole.Highlight, QColor("#2e7d32"))
