@@ -21,8 +21,6 @@ from common import REPO, command_line, machine_line, table
 
 
 def logits_of(clf, split: Path, subset: str):
-    import torch
-
     from garbage_sorter.evaluation import read_labelled
     from garbage_sorter.images import load_image
 
@@ -33,9 +31,7 @@ def logits_of(clf, split: Path, subset: str):
             clf.transform(load_image(p, draft=clf.checkpoint.preprocessing.resize))
             for p, _, _ in items[i : i + 32]
         ]
-        x = torch.stack(batch).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            out.append(clf.model(x).float().numpy())
+        out.append(clf.logits(batch))
     targets = np.array([clf.classes.index(label) for _, label, _ in items])
     real = np.array([source != "trashnet" for _, _, source in items])
     return np.concatenate(out), targets, real

@@ -1,31 +1,43 @@
 """The one API both front ends call: load a model once, turn images into :class:`Prediction`.
 
-``Classifier.load()`` opens the bundled model (or a checkpoint file), chooses the device once,
-and ``predict``/``predict_batch`` accept paths, bytes, PIL images or numpy arrays (RGB unless
-``channels="BGR"`` is given, as for OpenCV frames).
+``Classifier.load()`` opens the bundled model (or a checkpoint file), chooses the device and the
+engine once, and ``predict``/``predict_batch`` accept paths, bytes, PIL images or numpy arrays
+(RGB unless ``channels="BGR"`` is given, as for OpenCV frames).
+
+On a CPU the bundled model runs in ONNX Runtime, from the ``.onnx`` export shipped beside its
+``.pt`` (same labels; faster, and it starts without importing PyTorch: BENCHMARKS.md, "Fast by
+default"). PyTorch serves it on a GPU, when ``onnxruntime`` is missing, and for any other
+``.pt`` checkpoint; it is imported only then.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .bins import Bin, Region, get_region
 from .images import ImageLoadError, load_image
-from .model import Checkpoint, load_checkpoint
+from .onnx_runtime import OnnxCheckpoint, load_onnx_checkpoint
 from .presets import EvalTransform
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import Checkpoint
 
 BUNDLED_MODEL = "garbage_sorter.pt"
 UNSURE_MESSAGE = "Not sure: try closer, another angle, or better light."
+ENGINES = ("auto", "onnxruntime", "pytorch")
 
 
 def bundled_model_path() -> Path:
@@ -35,6 +47,8 @@ def bundled_model_path() -> Path:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` means CUDA when a GPU is usable, else the CPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -42,6 +56,27 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
     return torch.device(device)
+
+
+@dataclass(frozen=True)
+class CpuDevice:
+    """Where ONNX Runtime runs the network, shaped like ``torch.device`` (``.type``)."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return self.type
+
+
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver: a look at a file, so that a CPU-only machine
+    chooses ONNX Runtime without importing PyTorch to ask ``torch.cuda``."""
+    if sys.platform == "win32":
+        system = Path(os.environ.get("SystemRoot", r"C:\Windows"))
+        return (system / "System32" / "nvcuda.dll").exists()
+    return any(
+        Path(p).exists() for p in ("/proc/driver/nvidia/version", "/usr/lib/wsl/lib/libcuda.so.1")
+    )
 
 
 @dataclass(frozen=True)
@@ -76,29 +111,46 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded model plus its preprocessing, calibration, region and isolation settings."""
+    """A loaded model plus its preprocessing, calibration, region and isolation settings.
+
+    ``engine`` says what runs the network: ``"onnxruntime"`` (an :class:`OnnxCheckpoint`, on the
+    CPU) or ``"pytorch"`` (a :class:`~garbage_sorter.model.Checkpoint`; ``model`` is the module).
+    """
 
     def __init__(
         self,
-        checkpoint: Checkpoint,
+        checkpoint: Checkpoint | OnnxCheckpoint,
         device: str = "auto",
         region: str | None = None,
         isolation: str = "none",
     ):
         self.checkpoint = checkpoint
-        self.device = resolve_device(device)
         self.classes = list(checkpoint.classes)
         self.transform = EvalTransform(checkpoint.preprocessing)
         self.temperature = float(checkpoint.calibration.get("temperature", 1.0))
         self.threshold = float(checkpoint.calibration.get("threshold", 0.0))
         self.region: Region = get_region(region)
         self.isolation = isolation
+        # One model may serve a GUI worker and a web queue at once: keep their calls apart.
+        self._lock = threading.Lock()
+        if isinstance(checkpoint, OnnxCheckpoint):
+            if device not in ("auto", "cpu"):
+                raise ValueError("an ONNX model runs on the CPU; use the .pt checkpoint on a GPU")
+            self.engine = "onnxruntime"
+            self.device = CpuDevice()
+            self.dtype = np.float32
+            self.model = None
+            self._preprocess = self.transform.array
+            return
+        import torch
+
+        self.engine = "pytorch"
+        self.device = resolve_device(device)
         model = checkpoint.build()
         # Half precision and channels_last pay on a GPU; on a CPU fp32 is the fast and exact path.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype, memory_format=torch.channels_last).eval()
-        # One model may serve a GUI worker and a web queue at once: keep their calls apart.
-        self._lock = threading.Lock()
+        self._preprocess = self.transform
 
     @classmethod
     def load(
@@ -107,23 +159,31 @@ class Classifier:
         device: str = "auto",
         region: str | None = None,
         isolation: str = "none",
+        engine: str = "auto",
     ) -> Classifier:
         """Open ``path`` (default: the bundled model).
 
         A ``.onnx`` file written by ``garbage-sorter export --onnx`` runs in ONNX Runtime on the
-        CPU: the faster path on a CPU (see ``bench/latency.py``).
+        CPU. ``engine="auto"`` serves the bundled model with ONNX Runtime too, from the export
+        shipped beside it, unless a CUDA GPU is to be used or ``onnxruntime`` is missing;
+        ``"pytorch"`` always loads the ``.pt``; ``"onnxruntime"`` needs the ``.onnx`` beside it.
 
         Raises:
             CheckpointError: the file is missing, corrupt, foreign or inconsistent.
-            ValueError: a CUDA device was asked for an ONNX model.
+            ValueError: a CUDA device was asked for an ONNX model; an unknown engine.
         """
-        path = path or bundled_model_path()
-        if Path(path).suffix.lower() == ".onnx":
-            from .onnx_runtime import load_onnx_checkpoint
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}: use {', '.join(ENGINES)}")
+        path = Path(path or bundled_model_path())
+        if path.suffix.lower() == ".onnx":
+            if engine == "pytorch":
+                raise ValueError(f"{path.name} is an ONNX model; PyTorch runs .pt checkpoints")
+            return cls(load_onnx_checkpoint(path), device, region, isolation)
+        export = path.with_suffix(".onnx")
+        if engine == "onnxruntime" or (engine == "auto" and _serve_with_onnx(path, device)):
+            return cls(load_onnx_checkpoint(export, stands_for=path), device, region, isolation)
+        from .model import load_checkpoint
 
-            if device not in ("auto", "cpu"):
-                raise ValueError("an ONNX model runs on the CPU; use the .pt checkpoint on a GPU")
-            return cls(load_onnx_checkpoint(path), "cpu", region, isolation)
         return cls(load_checkpoint(path), device, region, isolation)
 
     @property
@@ -165,10 +225,10 @@ class Classifier:
             chunk = images[start : start + batch_size]
             t0 = time.perf_counter()
             pils, boxes = zip(*(self._prepare(im, crop, channels) for im in chunk), strict=True)
-            tensors = [self.transform(p) for p in pils]
+            tensors = [self._preprocess(p) for p in pils]
             probs = self.probabilities(tensors)
             if tta:
-                probs = (probs + self.probabilities([t.flip(-1) for t in tensors])) / 2
+                probs = (probs + self.probabilities([_mirror(t) for t in tensors])) / 2
             each = (time.perf_counter() - t0) / len(chunk)
             predictions += [
                 self._prediction(p, box, each) for p, box in zip(probs, boxes, strict=True)
@@ -196,7 +256,7 @@ class Classifier:
             for path in chunk:
                 try:
                     pil, box = self._prepare(path, crop, "RGB")
-                    items.append((self.transform(pil), box))
+                    items.append((self._preprocess(pil), box))
                 except ImageLoadError as exc:
                     items.append(exc)
             return items
@@ -214,20 +274,34 @@ class Classifier:
                     tensors, boxes = zip(*loaded, strict=True)
                     probs = self.probabilities(tensors)
                     if tta:
-                        probs = (probs + self.probabilities([t.flip(-1) for t in tensors])) / 2
+                        probs = (probs + self.probabilities([_mirror(t) for t in tensors])) / 2
                     each = (time.perf_counter() - t0) / len(loaded)
                     done = (self._prediction(p, b, each) for p, b in zip(probs, boxes, strict=True))
                 for item in items:
                     yield item if isinstance(item, ImageLoadError) else next(done)
 
-    def probabilities(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
-        """Calibrated class probabilities for preprocessed tensors, shape (N, classes)."""
-        batch = torch.stack(list(tensors)).to(
+    def probabilities(self, tensors: Sequence[Any]) -> np.ndarray:
+        """Calibrated class probabilities for preprocessed inputs (``transform`` tensors or
+        ``transform.array`` arrays), shape (N, classes)."""
+        logits = self.logits(tensors)
+        scaled = logits / self.temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        exp = np.exp(scaled)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def logits(self, tensors: Sequence[Any]) -> np.ndarray:
+        """The network's raw scores for preprocessed inputs, float32 (N, classes)."""
+        if self.engine == "onnxruntime":
+            batch = np.stack([np.asarray(t, dtype=np.float32) for t in tensors])
+            with self._lock:
+                return self.checkpoint.session.run(["logits"], {"input": batch})[0]
+        import torch
+
+        batch = torch.stack([torch.as_tensor(t) for t in tensors]).to(
             self.device, self.dtype, memory_format=torch.channels_last
         )
         with self._lock, torch.inference_mode():
-            logits = self.model(batch).float()
-        return torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
+            return self.model(batch).float().cpu().numpy()
 
     def _prepare(self, image: Any, crop: bool | None, channels: str):
         pil = load_image(image, channels=channels, draft=self.checkpoint.preprocessing.resize)
@@ -254,3 +328,27 @@ class Classifier:
             uncertain=confidence < self.threshold,
             region=self.region.id,
         )
+
+
+def _mirror(x: Any) -> Any:
+    """A preprocessed image flipped left to right (tensor or array)."""
+    return x.flip(-1) if hasattr(x, "flip") else np.ascontiguousarray(x[..., ::-1])
+
+
+def _serve_with_onnx(path: Path, device: str) -> bool:
+    """Whether ``engine="auto"`` serves ``path`` with ONNX Runtime: the bundled model, its export
+    beside it, a CPU to run on, and ``onnxruntime`` installed."""
+    if device not in ("auto", "cpu") or not path.with_suffix(".onnx").is_file():
+        return False
+    try:
+        if not path.resolve().samefile(bundled_model_path().resolve()):
+            return False
+    except OSError:
+        return False
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    if device == "auto" and nvidia_driver_present():
+        import torch  # a driver is there: ask whether CUDA is usable, as resolve_device will
+
+        return not torch.cuda.is_available()
+    return True

@@ -194,7 +194,7 @@ class _Failure(Exception):
 
 def _load_classifier(args: argparse.Namespace, **kwargs):
     from .classifier import Classifier
-    from .model import CheckpointError
+    from .errors import CheckpointError
 
     try:
         return Classifier.load(getattr(args, "model", None), device=args.device, **kwargs)
@@ -254,7 +254,7 @@ def _classify(args: argparse.Namespace) -> int:
         _print_table(rows)
         print(
             f"\n{len(paths) - failed} classified, {failed} failed; region {clf.region.title}; "
-            f"model {clf.name} on {clf.device.type}"
+            f"model {clf.name} on {clf.device.type} ({clf.engine})"
         )
     return 1 if failed else 0
 

@@ -24,14 +24,11 @@ import torch
 from torch import nn
 
 from .archs import ARCHS, LITE_PARAMS, EfficientNetLite, imagenet_weights_file
+from .errors import CheckpointError
 from .presets import Preprocessing
 from .storage import atomic_save
 
 FORMAT = "garbage-sorter-checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 def build_model(arch: str, num_classes: int, weights: str | None = None) -> nn.Module:

@@ -4,58 +4,71 @@
 classes, preprocessing and calibration stored in the file's metadata, so the ``.onnx`` file is a
 model on its own: ``Classifier.load("model.onnx")`` gives the same :class:`Classifier` (same
 preprocessing, same ``Prediction``), with the network run by ONNX Runtime instead of PyTorch.
-On 2 CPU cores that is the faster path, and the int8 file faster still (``bench/latency.py``,
-BENCHMARKS.md). Grad-CAM needs PyTorch's autograd, so explanations need the ``.pt`` checkpoint.
+On 2 CPU cores that is the faster path (``bench/latency.py``, BENCHMARKS.md), and the bundled
+model ships its export beside the ``.pt``: ``Classifier.load()`` serves it with ONNX Runtime.
 
-Exporting and quantising need the ``onnx`` package; running needs only ``onnxruntime``. Both
-are imported when first used, so importing the core stays cheap.
+Besides the logits the graph outputs ``cams``, each class's activation map over the last feature
+map (the head's weights applied at every position before pooling). For a linear head over global
+average pooling that is Grad-CAM without gradients, so the "why?" heatmap needs no PyTorch.
+
+Running needs only ``onnxruntime``, numpy and Pillow: this module imports torch (and ``onnx``)
+only to export and quantise, so classifying with ONNX Runtime never loads PyTorch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from .errors import CheckpointError
 from .images import ImageLoadError, iter_image_paths, load_image
-from .model import Checkpoint, CheckpointError, load_checkpoint
 from .presets import EvalTransform, Preprocessing
 from .storage import atomic_write
 
 FORMAT = "garbage-sorter-onnx/1"
 METADATA_KEY = "garbage_sorter"
 OPSET = 17
+OUTPUTS = ("logits", "cams")
 CALIBRATION_PHOTOS = 256
 
 
 def export_onnx(
-    checkpoint: Checkpoint | str | os.PathLike[str],
+    checkpoint: Any,
     path: str | os.PathLike[str],
     *,
     atol: float = 1e-3,
 ) -> Path:
     """Write ``checkpoint``'s network to ``path`` as ONNX (fp32, any batch size, its crop size).
 
-    The file is checked before it is kept: ONNX Runtime must give the same logits as PyTorch
-    within ``atol`` (relative to the largest logit).
+    ``checkpoint``: a :class:`~garbage_sorter.model.Checkpoint` or the path of a ``.pt`` file.
+    The graph has two outputs, ``logits`` and ``cams`` (see the module docstring); the metadata
+    records the SHA-256 of the ``.pt`` file it came from, so a shipped pair can be checked.
+    The file is checked before it is kept: ONNX Runtime must give the same logits and maps as
+    PyTorch within ``atol`` (relative to the largest value).
 
     Raises:
         CheckpointError: the checkpoint cannot be read.
         RuntimeError: ONNX Runtime disagrees with PyTorch on the exported file.
     """
     import onnx
+    import torch
 
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    model = ckpt.build()
+    from .model import Checkpoint, load_checkpoint
+
+    if isinstance(checkpoint, Checkpoint):
+        ckpt = checkpoint
+    else:  # a path, or a checkpoint served by ONNX Runtime: export from its .pt file
+        ckpt = load_checkpoint(getattr(checkpoint, "path", checkpoint))
+    model = _with_cams(ckpt.build(), ckpt.arch)
     size = ckpt.preprocessing.crop
     sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
@@ -70,10 +83,11 @@ def export_onnx(
             dynamo=False,
             opset_version=OPSET,
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=list(OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in ("input", *OUTPUTS)},
         )
     proto = onnx.load_from_string(buffer.getvalue())
+    source = Path(ckpt.path) if ckpt.path else None
     _set_metadata(
         proto,
         {
@@ -85,21 +99,56 @@ def export_onnx(
             "config": ckpt.config,
             "created": ckpt.created,
             "versions": dict(ckpt.versions),
-            "source": Path(ckpt.path).name if ckpt.path else None,
+            "source": source.name if source else None,
+            "source_sha256": file_sha256(source) if source and source.is_file() else None,
+            "outputs": list(OUTPUTS),
             "quantization": None,
         },
     )
     data = proto.SerializeToString()
     with torch.inference_mode():
-        expected = model(sample).numpy()
-    got = _session(data, threads=None).run(None, {"input": sample.numpy()})[0]
-    error = float(np.abs(got - expected).max())
-    if error > atol * max(1.0, float(np.abs(expected).max())):
-        raise RuntimeError(
-            f"ONNX Runtime's logits differ from PyTorch's by {error:.2g}; not written"
-        )
+        expected = [t.numpy() for t in model(sample)]
+    got = _session(data, threads=None).run(list(OUTPUTS), {"input": sample.numpy()})
+    for name, want, have in zip(OUTPUTS, expected, got, strict=True):
+        error = float(np.abs(have - want).max())
+        if error > atol * max(1.0, float(np.abs(want).max())):
+            raise RuntimeError(
+                f"ONNX Runtime's {name} differ from PyTorch's by {error:.2g}; not written"
+            )
     atomic_write(path, data)
     return Path(path)
+
+
+def _with_cams(model: Any, arch: str) -> Any:
+    """``model`` with a second output: the head applied at every position of the last feature
+    map, (N, classes, h, w). Its spatial mean plus the bias is the logits."""
+    import torch
+    from torch.nn import functional as F
+
+    from .archs import feature_map
+    from .model import head_name
+
+    class LogitsAndCams(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+            self.head = getattr(model, head_name(arch))
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            fmap = feature_map(self.net, arch, x)
+            logits = self.head(fmap.mean((2, 3)))
+            return logits, F.conv2d(fmap, self.head.weight[:, :, None, None])
+
+    return LogitsAndCams().eval()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, as stored in an export's ``source_sha256``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def quantize_int8(
@@ -176,15 +225,24 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         CheckpointError: the file is missing, not ONNX, or not exported by Garbage Sorter.
     """
+    return _metadata(_open(path, threads=1), path)
+
+
+def _open(path: str | os.PathLike[str], threads: int | None):
     name = str(path)
     if not Path(path).is_file():
         raise CheckpointError(f"{name}: no such model file")
     try:
-        meta = _session(name, threads=1).get_modelmeta().custom_metadata_map
+        return _session(name, threads)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise CheckpointError(
             f"{name}: not a readable ONNX model ({str(exc).splitlines()[0][:160]})"
         ) from None
+
+
+def _metadata(session, path: str | os.PathLike[str]) -> dict[str, Any]:
+    name = str(path)
+    meta = session.get_modelmeta().custom_metadata_map
     try:
         data = json.loads(meta[METADATA_KEY])
     except (KeyError, ValueError):
@@ -197,58 +255,83 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-class OnnxNetwork(nn.Module):
-    """An ONNX Runtime session behind the ``nn.Module`` call the classifier makes.
+@dataclass
+class OnnxCheckpoint:
+    """An exported ONNX model seen as a checkpoint: the same classes, preprocessing, calibration
+    and ``card()`` as :class:`~garbage_sorter.model.Checkpoint`, and an open ONNX Runtime session
+    instead of weights.
 
-    It has no parameters, so ``.to()`` and ``.eval()`` leave it as it is, and
-    :class:`~garbage_sorter.classifier.Classifier` runs it like the PyTorch network.
+    ``path`` is the model a user knows (the ``.onnx`` file, or for the bundled model the ``.pt``
+    it was exported from, which retraining and adapting start from); ``onnx_path`` is the file
+    the session runs.
     """
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
-        super().__init__()
-        self.path = str(path)
-        self.session = _session(self.path, threads)
+    arch: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    session: Any = field(repr=False)
+    onnx_path: str
+    calibration: dict[str, float] = field(
+        default_factory=lambda: {"temperature": 1.0, "threshold": 0.0}
+    )
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    path: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {"input": array})[0])
+    def card(self) -> dict[str, Any]:
+        """What a user wants to know about the model (no weights)."""
+        return {
+            "arch": self.arch,
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+            "calibration": dict(self.calibration),
+            "metrics": self.metrics,
+            "created": self.created,
+            "versions": self.versions,
+            "config": self.config,
+            "path": self.path,
+            "onnx": self.onnx_path,
+        }
 
-
-@dataclass
-class OnnxCheckpoint(Checkpoint):
-    """An exported ONNX file seen as a :class:`Checkpoint`: same classes, preprocessing and
-    calibration, and a network that runs in ONNX Runtime (``threads`` intra-op threads)."""
-
-    threads: int | None = None
-
-    def build(self) -> nn.Module:
-        return OnnxNetwork(self.path, self.threads)
+    @property
+    def has_cams(self) -> bool:
+        """Whether the graph outputs class activation maps (exports before them did not)."""
+        return "cams" in {o.name for o in self.session.get_outputs()}
 
 
 def load_onnx_checkpoint(
-    path: str | os.PathLike[str], threads: int | None = None
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    *,
+    stands_for: str | os.PathLike[str] | None = None,
 ) -> OnnxCheckpoint:
     """Open an exported ONNX model for :class:`~garbage_sorter.classifier.Classifier`.
 
-    ``threads``: ONNX Runtime's intra-op threads (default: one per physical core).
+    ``threads``: ONNX Runtime's intra-op threads (default: one per core this process may use).
+    ``stands_for``: the ``.pt`` file this export serves (its ``path``); default the ONNX file.
 
     Raises:
         CheckpointError: the file is missing, not ONNX, or its metadata is unusable.
     """
-    meta = read_metadata(path)
+    session = _open(path, threads)
+    meta = _metadata(session, path)
     try:
         ckpt = OnnxCheckpoint(
             arch=str(meta["arch"]),
             classes=[str(c) for c in meta["classes"]],
             preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
-            state_dict={},
+            session=session,
+            onnx_path=str(path),
             calibration={k: float(v) for k, v in meta.get("calibration", {}).items()},
             config=meta.get("config") or {},
             metrics={"quantization": meta.get("quantization")},
             created=str(meta.get("created") or ""),
             versions=dict(meta.get("versions") or {}),
-            path=str(path),
-            threads=threads,
+            path=str(stands_for or path),
+            metadata=meta,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
@@ -259,14 +342,25 @@ def load_onnx_checkpoint(
     return ckpt
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's limit, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def _session(model: str | bytes, threads: int | None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    # One thread per usable core: ONNX Runtime's own default counts the host's cores, which in a
+    # container limited to 2 CPUs oversubscribes them.
+    options.intra_op_num_threads = threads or usable_cores()
     # One request at a time per session (the classifier holds a lock): no inter-op pool.
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 

@@ -91,6 +91,30 @@ def test_classify_takes_the_whole_image_by_default(tiny_model, photos):
     assert any(box for _, box in answers(crop))  # --crop isolates: some photo was cropped
 
 
+def test_classify_with_the_bundled_model_never_imports_torch(photos):
+    """ONNX Runtime serves the bundled model; PyTorch (over a second of start-up) stays unloaded,
+    also for the heatmap, which comes from the graph's class activation maps."""
+    code = (
+        "import sys\n"
+        "from garbage_sorter.cli import main\n"
+        "from garbage_sorter.classifier import Classifier\n"
+        "from garbage_sorter.explain import gradcam\n"
+        "status = main(['classify', '--json', '--device', 'cpu', *sys.argv[1:]])\n"
+        "gradcam(Classifier.load(device='cpu'), sys.argv[1])\n"
+        "print(status, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, photos[:3])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [json.loads(line)["label"] in CLASSES for line in lines[:-1]] == [True] * 3
+    assert lines[-1] == "0 []"
+
+
 def test_evaluate_folder_prints_figures(tiny_model, tiny_dataset):
     proc = run_cli("evaluate", "--json", "--model", str(tiny_model), str(tiny_dataset))
     assert proc.returncode == 0, proc.stderr

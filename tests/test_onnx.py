@@ -65,11 +65,48 @@ def test_onnx_answers_like_pytorch(small_model, exported, photos):
         assert g.uncertain == w.uncertain
 
 
-def test_heatmap_of_an_onnx_model_is_a_clear_refusal(exported, photos):
+def test_onnx_heatmap_is_the_pytorch_gradcam(small_model, exported, photos):
+    """The graph's class activation map, computed in numpy, is Grad-CAM for a linear head over
+    pooled features: same map, same label, for the predicted class and for another one."""
+    from garbage_sorter.explain import gradcam
+
+    torch_clf = Classifier.load(small_model, device="cpu")
+    onnx_clf = Classifier.load(exported[0])
+    for photo in photos[::4]:
+        for target in (None, "trash"):
+            want = gradcam(torch_clf, photo, target)
+            got = gradcam(onnx_clf, photo, target)
+            assert got.label == want.label
+            assert got.heatmap.shape == want.heatmap.shape == (112, 112)
+            assert np.abs(got.heatmap - want.heatmap).max() < 1e-3
+            assert got.image.tobytes() == want.image.tobytes()
+
+
+def test_upsampling_matches_torch():
+    import torch
+
+    from garbage_sorter.explain import upsample_bilinear
+
+    cam = np.random.default_rng(0).random((7, 7))
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(cam)[None, None], size=(224, 224), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    assert np.abs(upsample_bilinear(cam, 224) - want).max() < 1e-12
+
+
+def test_heatmap_of_an_export_without_maps_is_a_clear_refusal(exported, photos, tmp_path):
     from garbage_sorter.explain import ExplainError, gradcam
 
-    with pytest.raises(ExplainError, match=r"PyTorch checkpoint \(\.pt\)"):
-        gradcam(Classifier.load(exported[0]), photos[0])
+    old = onnx.load(str(exported[0]))  # as exports made before the maps were added look
+    kept = [o for o in old.graph.output if o.name == "logits"]
+    del old.graph.output[:]
+    old.graph.output.extend(kept)
+    path = tmp_path / "old.onnx"
+    onnx.save(old, str(path))
+    clf = Classifier.load(path)
+    assert clf.predict(photos[0]).label in CLASSES
+    with pytest.raises(ExplainError, match=r"export it again"):
+        gradcam(clf, photos[0])
 
 
 def test_int8_agrees_on_most_photos(exported, photos):
@@ -149,3 +186,43 @@ def test_cli_exports_and_classifies_with_the_int8_file(small_model, tmp_path, ph
     done = cli("export", "--model", str(small_model), "--onnx", str(tmp_path / "b.onnx"), "--int8")
     assert done.returncode == 2
     assert "calibration photos" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- the bundled model -------------------------------------------------------------------------
+
+
+def test_the_shipped_onnx_is_the_shipped_pt(photos):
+    """resources/models/garbage_sorter.onnx was exported from the .pt beside it: the metadata
+    holds the .pt's SHA-256, classes, preprocessing and calibration, and both engines give the
+    same labels and probabilities on the fixture photos (bench/latency.py --agreement checks the
+    428 test-split photos)."""
+    from garbage_sorter.classifier import bundled_model_path
+    from garbage_sorter.onnx_runtime import file_sha256
+
+    pt = bundled_model_path()
+    meta = read_metadata(pt.with_suffix(".onnx"))
+    assert meta["source_sha256"] == file_sha256(pt), "re-export: garbage-sorter export --onnx"
+    served, eager = Classifier.load(), Classifier.load(engine="pytorch")
+    assert (served.engine, eager.engine) == ("onnxruntime", "pytorch")
+    assert served.checkpoint.path == eager.checkpoint.path == str(pt)
+    assert served.classes == eager.classes
+    assert served.checkpoint.preprocessing == eager.checkpoint.preprocessing
+    assert (served.temperature, served.threshold) == (eager.temperature, eager.threshold)
+    got, want = served.predict_batch(photos), eager.predict_batch(photos)
+    assert [p.label for p in got] == [p.label for p in want]
+    for g, w in zip(got, want, strict=True):
+        assert np.allclose(
+            list(g.probabilities.values()), list(w.probabilities.values()), atol=1e-4
+        )
+        assert g.uncertain == w.uncertain
+
+
+def test_engine_choice(tiny_model):
+    """ONNX Runtime serves the bundled model on a CPU; other .pt files and engine="pytorch" run in
+    PyTorch; asking ONNX Runtime for a .pt with no export beside it is a clear error."""
+    assert Classifier.load(device="cpu").engine == "onnxruntime"
+    assert Classifier.load(tiny_model, device="cpu").engine == "pytorch"
+    with pytest.raises(CheckpointError, match="no such model file"):
+        Classifier.load(tiny_model, engine="onnxruntime")
+    with pytest.raises(ValueError, match="unknown engine"):
+        Classifier.load(engine="tensorflow")

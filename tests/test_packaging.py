@@ -61,6 +61,7 @@ def test_wheel_keeps_everything_under_garbage_sorter(tmp_path):
         "garbage_sorter/resources/bins/de.toml",
         "garbage_sorter/resources/models/u2netp.onnx",
         "garbage_sorter/resources/models/garbage_sorter.pt",
+        "garbage_sorter/resources/models/garbage_sorter.onnx",
     ):
         assert needed in names, needed
 
