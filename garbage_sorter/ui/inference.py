@@ -211,20 +211,21 @@ def classify(classifier, job: Job) -> Result:
 
 
 def load_classifier(path: str | None, device: str, region: str | None):
-    """``Classifier.load`` for a worker thread (importing torch there keeps the window quick).
+    """``Classifier.load`` for a worker thread (loading a model there keeps the window quick).
 
-    The app classifies one image at a time, so it gives torch half the cores (unless
-    ``OMP_NUM_THREADS`` says otherwise) and leaves the rest to the window, the camera and object
-    isolation. On a busy two-core machine this is also much faster: two intra-op threads that
-    wait on each other in spin barriers took 20 s per image where one thread took 1 s.
+    The bundled model runs in ONNX Runtime and torch is never imported. A PyTorch model: the app
+    classifies one image at a time, so it gives torch half the cores (unless ``OMP_NUM_THREADS``
+    says otherwise) and leaves the rest to the window, the camera and object isolation. On a busy
+    two-core machine this is also much faster: two intra-op threads that wait on each other in
+    spin barriers took 20 s per image where one thread took 1 s.
     """
-    import torch
-
     from garbage_sorter.classifier import Classifier
 
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     classifier = Classifier.load(path, device=device, region=region)
+    if classifier.engine == "pytorch" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     # torch, Qt and the model are some 200,000 objects that live as long as the app. A full
     # garbage collection walks them all (100-300 ms with the GIL held: the window freezes); frozen,
     # they are left out of every later collection.
