@@ -196,7 +196,7 @@ def setting_statistics(
             bn.train()
         with torch.no_grad():
             for i, chunk in enumerate(chunks, 1):
-                model(torch.stack([tensors[j] for j in chunk]))
+                model(_batch([tensors[j] for j in chunk]))
                 report(f"measuring the setting {min(i * len(chunk), len(tensors))}/{len(tensors)}")
         stats = current_statistics(layers)
     finally:
@@ -205,6 +205,11 @@ def setting_statistics(
             bn.eval()
         set_statistics(layers, before)
     return stats
+
+
+def _batch(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    # channels_last: the depthwise convolutions run about twice as fast on a CPU.
+    return torch.stack(list(tensors)).contiguous(memory_format=torch.channels_last)
 
 
 def blend(source: Stats, target: Stats, alpha: float) -> Stats:
@@ -221,7 +226,7 @@ def pooled_features(model: nn.Module, arch: str, tensors: Sequence[torch.Tensor]
     out = []
     with torch.inference_mode():
         for start in range(0, len(tensors), BATCH):
-            x = torch.stack(list(tensors[start : start + BATCH]))
+            x = _batch(tensors[start : start + BATCH])
             out.append(feature_map(model, arch, x).mean((2, 3)).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -286,7 +291,7 @@ def adapt_model(
     """
     report = progress or (lambda message: None)
     arch, classes = checkpoint.arch, checkpoint.classes
-    model = checkpoint.build()
+    model = checkpoint.build().to(memory_format=torch.channels_last)
     layers = adapted_layers(model, arch, blocks)
     source = current_statistics(layers)
     # Labelled photos are photos of the setting too: they count towards its statistics.

@@ -1,0 +1,253 @@
+"""Adapting to one setting (issue 17): leave-one-setting-out, base against adapted.
+
+Each setting is split by object or source photo into an adaptation half and a test half. The
+adaptation half is given to :func:`garbage_sorter.adapt.adapt_model` unlabelled (every
+method variant), and then with 5 and 10 labelled photos per class drawn from it (two draws;
+the rest stay unlabelled), as ``garbage-sorter adapt --labelled`` would; the test half is
+never seen. For each: accuracy, the share answered as sure (calibrated confidence at or above
+the model's threshold) and the accuracy of those answers.
+
+Settings:
+
+* ``trashnetpp``: TrashNet++ crops (tiled floor and concrete yard, three classes), halves by
+  ``source_photo``. New to the bundled model.
+* ``bin camera``: a synthetic fixed setting, new to the model: TrashNet objects cut off their
+  board and pasted on ONE held-out background under ONE strong blue LED cast with a vignette;
+  adaptation half = the TrashNet validation photos, test half = the TrashNet test photos (the
+  split keeps near-duplicates on one side).
+* ``taco``, ``floor-photos``: only their photos outside the bundled model's training split, by
+  TACO source photo / file. The model was trained on these sources, so they are not new to it.
+* ``trashnet``: the training domain. Adapt on (up to 250) TrashNet training photos, test on the
+  TrashNet test photos: adaptation must not cost more than a point here.
+
+    python bench/adapt.py [--model PATH] [--seeds 2] [--only trashnetpp,bin camera]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, command_line, machine_line, table  # noqa: E402
+
+from garbage_sorter.adapt import Photos, adapt_model  # noqa: E402
+from garbage_sorter.classifier import bundled_model_path  # noqa: E402
+from garbage_sorter.images import load_image  # noqa: E402
+from garbage_sorter.model import Checkpoint, load_checkpoint  # noqa: E402
+from garbage_sorter.presets import EvalTransform  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+SPLIT = REPO / "docs" / "model" / "split"
+VARIANTS = {
+    "AdaBN, all layers": {"alpha": 1.0},
+    "blend 0.5, all layers": {"alpha": 0.5},
+    "AdaBN, stem + 4 blocks": {"alpha": 1.0, "blocks": 4},
+    "AdaBN, stem + 8 blocks": {"alpha": 1.0, "blocks": 8},
+}
+CAP = 250  # photos per half at most: the benchmark runs every variant on every setting
+
+
+def split_lines(name: str) -> list[tuple[str, str, Path]]:
+    """(label, source, absolute path) of a split file written by train."""
+    rows = []
+    for line in (SPLIT / name).read_text().splitlines():
+        label, source, _, rel = line.split("\t")
+        rows.append((label, source, (SPLIT / rel).resolve()))
+    return rows
+
+
+def manifest_groups(source: str, column: str | None) -> list[tuple[str, str, Path]]:
+    """(label, group, path) of every photo of a real-world source."""
+    folder = DATA / "realworld" / source
+    with open(folder / "manifest.csv", newline="") as handle:
+        return [
+            (row["class"], row[column] if column else row["file"], folder / row["file"])
+            for row in csv.DictReader(handle)
+        ]
+
+
+def halves(rows, seed: int = 0):
+    """Split (label, group, path) rows by group into two halves, in a seeded order."""
+    groups = sorted({g for _, g, _ in rows})
+    rng = np.random.default_rng(seed)
+    first = set(rng.permutation(groups)[: len(groups) // 2])
+    return capped([r for r in rows if r[1] in first]), capped(
+        [r for r in rows if r[1] not in first]
+    )
+
+
+def capped(rows, seed: int = 0):
+    """At most ``CAP`` rows, a seeded sample in the original order."""
+    if len(rows) <= CAP:
+        return rows
+    keep = np.sort(np.random.default_rng(seed).permutation(len(rows))[:CAP])
+    return [rows[i] for i in keep]
+
+
+def bin_camera(paths: list[Path], seed: int) -> list[Image.Image]:
+    """TrashNet objects on one held-out background under one blue LED cast (a fixed setting)."""
+    from garbage_sorter.training.backgrounds import (
+        composite,
+        make_background,
+        white_background_mask,
+    )
+
+    rng = np.random.default_rng(seed)
+    background = make_background((384, 288), np.random.default_rng(17), split="heldout")
+    h, w = background.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    vignette = 1 - 0.45 * (((xx - w / 2) / w) ** 2 + ((yy - h / 2) / h) ** 2) * 4
+    led = np.array([0.55, 0.8, 1.35], np.float32)  # cold blue-white LED, weak red
+    out = []
+    for path in paths:
+        rgb = np.asarray(load_image(path))
+        placed = composite(rgb, white_background_mask(rgb), background, rng, relight=False)
+        lit = placed.astype(np.float32) * led * vignette[..., None] * 0.9 + 8
+        out.append(Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8)))
+    return out
+
+
+def tensors(ckpt: Checkpoint, images) -> list[torch.Tensor]:
+    transform = EvalTransform(ckpt.preprocessing)
+    prep = ckpt.preprocessing
+    return [
+        transform(im if isinstance(im, Image.Image) else load_image(im, draft=prep.resize))
+        for im in images
+    ]
+
+
+def scores(model, tensors_, labels, calibration) -> tuple[float, float, float]:
+    """(accuracy, share answered as sure, accuracy of the sure answers)."""
+    model.eval()
+    logits = []
+    with torch.inference_mode():
+        for i in range(0, len(tensors_), 64):
+            x = torch.stack(tensors_[i : i + 64]).contiguous(memory_format=torch.channels_last)
+            logits.append(model(x).float())
+    probs = torch.softmax(torch.cat(logits) / calibration["temperature"], 1).numpy()
+    pred, y = probs.argmax(1), np.asarray(labels)
+    sure = probs.max(1) >= calibration["threshold"]
+    acc_sure = float((pred[sure] == y[sure]).mean()) if sure.any() else float("nan")
+    return float((pred == y).mean()), float(sure.mean()), acc_sure
+
+
+def settings(ckpt: Checkpoint, only: set[str] | None):
+    """name -> (adapt tensors, adapt labels, test tensors, test labels, note)."""
+    index = {c: i for i, c in enumerate(ckpt.classes)}
+    trained = {str(p) for _, _, p in split_lines("train.txt")}
+    out = {}
+
+    def add(name, adapt_rows, test_rows, note, images=None):
+        if only and name not in only:
+            return
+        t0 = time.perf_counter()
+        a_img, t_img = images or ([r[2] for r in adapt_rows], [r[2] for r in test_rows])
+        out[name] = (
+            tensors(ckpt, a_img),
+            [index[r[0]] for r in adapt_rows],
+            tensors(ckpt, t_img),
+            [index[r[0]] for r in test_rows],
+            note,
+        )
+        print(
+            f"{name}: {len(adapt_rows)} adaptation / {len(test_rows)} test photos "
+            f"({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+
+    add("trashnetpp", *halves(manifest_groups("trashnetpp", "source_photo")), "new")
+    tn_val = capped([r for r in split_lines("val.txt") if r[1] == "trashnet"])
+    tn_test = capped(split_lines("test-trashnet.txt"))
+    if not only or "bin camera" in only:
+        images = (bin_camera([r[2] for r in tn_val], 1), bin_camera([r[2] for r in tn_test], 2))
+        add("bin camera", tn_val, tn_test, "new (synthetic)", images)
+    for source, column in (("taco", "taco_image"), ("floor-photos", None)):
+        rows = [r for r in manifest_groups(source, column) if str(r[2].resolve()) not in trained]
+        add(source, *halves(rows), "trained on this source")
+    tn_train = [r for r in split_lines("train.txt") if r[1] == "trashnet"]
+    tn_train = capped(tn_train)
+    add("trashnet", tn_train, tn_test, "training domain")
+    return out
+
+
+def fmt(acc: float, sure: float, acc_sure: float) -> list[str]:
+    return [f"{acc:.3f}", f"{sure:.0%}", f"{acc_sure:.3f}"]
+
+
+def draw_labelled(labels: list[int], k: int, seed: int) -> np.ndarray:
+    """Indices of ``k`` photos per class present (all of a class with fewer)."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    return np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k] for c in np.unique(y)])
+
+
+def run(args) -> None:
+    ckpt = load_checkpoint(args.model or bundled_model_path())
+    data = settings(ckpt, set(args.only.split(",")) if args.only else None)
+    header = ["setting", "method", "photos", "accuracy", "sure", "accuracy when sure", "chosen"]
+    rows = []
+    base_model = ckpt.build()
+    for name, (a_x, a_y, t_x, t_y, note) in data.items():
+        n = f"{len(a_x)} / {len(t_x)}"
+        acc, sure, acc_sure = scores(base_model, t_x, t_y, ckpt.calibration)
+        rows.append([f"{name} ({note})", "base", n, *fmt(acc, sure, acc_sure), ""])
+        base_acc = acc
+        print(f"  {name} base: {acc:.3f}", file=sys.stderr)
+        for method, kwargs in VARIANTS.items():
+            t0 = time.perf_counter()
+            adapted = adapt_model(ckpt, Photos(unlabelled=a_x), **kwargs)
+            took = time.perf_counter() - t0
+            acc, sure, acc_sure = scores(adapted.model, t_x, t_y, adapted.calibration)
+            rows.append([name, method, n, *fmt(acc, sure, acc_sure), f"{acc - base_acc:+.3f}"])
+            print(f"  {name} {method}: {acc:.3f} ({took:.0f} s)", file=sys.stderr)
+        for k in (5, 10):
+            if Counter(a_y).most_common()[-1][1] < 2:
+                continue
+            runs, chosen = [], Counter()
+            for seed in range(args.seeds):
+                picked = draw_labelled(a_y, k, seed)
+                rest = np.setdiff1d(np.arange(len(a_x)), picked)
+                photos = Photos(
+                    unlabelled=[a_x[i] for i in rest],
+                    labelled=[a_x[i] for i in picked],
+                    labels=[a_y[i] for i in picked],
+                )
+                adapted = adapt_model(ckpt, photos)
+                runs.append(scores(adapted.model, t_x, t_y, adapted.calibration))
+                c = adapted.choice
+                chosen[f"{c['alpha']:g}/{c['head']}{'/cal' if 'calibrated_on' in c else ''}"] += 1
+            acc, sure, acc_sure = np.nanmean(np.array(runs), 0)
+            rows.append(
+                [
+                    name,
+                    f"+{k} labelled/class (mean of {args.seeds})",
+                    n,
+                    *fmt(acc, sure, acc_sure),
+                    f"{acc - base_acc:+.3f}; " + ", ".join(f"{v}x {c}" for c, v in chosen.items()),
+                ]
+            )
+            print(f"  {name} +{k}: {acc:.3f}", file=sys.stderr)
+    print(machine_line())
+    print(f"\n`{command_line()}`\n")
+    print(table(header, rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="base checkpoint (default: the bundled model)")
+    parser.add_argument("--seeds", type=int, default=2, help="draws of the labelled photos")
+    parser.add_argument("--only", help="comma-separated settings to run")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

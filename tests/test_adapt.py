@@ -1,0 +1,183 @@
+"""``garbage-sorter adapt``: the real command on real photos, with a tiny real model."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BAD_FILES, CLASSES, SHARED_DATA, fixture_photos
+
+from garbage_sorter import cli
+from garbage_sorter.adapt import MIN_PHOTOS, adapted_layers
+from garbage_sorter.model import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def real_photos(cls: str, n: int) -> list[Path]:
+    """``n`` real photos of a class: TrashNet's when the shared data is here, else the fixtures."""
+    found = sorted((SHARED_DATA / "trashnet" / cls).glob("*.jpg"))[:n]
+    if len(found) < n:
+        found = [fixture_photos()[i % len(fixture_photos())] for i in range(n)]
+    return found
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory) -> Path:
+    """A folder of 20 real photos: the unlabelled photos of one setting."""
+    root = tmp_path_factory.mktemp("setting")
+    for i, photo in enumerate(p for cls in CLASSES for p in real_photos(cls, 4)[:4]):
+        if i < 20:
+            shutil.copy(photo, root / f"{i:02d}.jpg")
+    return root
+
+
+def run(*args: str) -> int:
+    return cli.main(["adapt", *map(str, args)])
+
+
+def test_command_writes_a_model_classify_loads(tiny_model, setting, tmp_path):
+    """The installed command end to end: exit 0, progress on stderr, base untouched, loadable."""
+    before = sha(tiny_model)
+    out = tmp_path / "adapted.pt"
+    done = subprocess.run(
+        [sys.executable, "-m", "garbage_sorter", "adapt", "--out", out, "--model", tiny_model]
+        + [setting],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "measuring the setting 20/20" in done.stderr
+    assert f"wrote {out}" in done.stdout
+    assert sha(tiny_model) == before
+
+    record = load_checkpoint(out).config["adaptation"]
+    assert record["unlabelled_photos"] == 20 and record["labelled_photos"] == 0
+    assert record["base_model"] == str(tiny_model)
+    assert record["base_sha256"] == before[:16]
+    assert record["method"] == "adabn-blend" and record["alpha"] == 1.0
+    assert record["date"].startswith("20")
+
+    photo = sorted(setting.glob("*.jpg"))[0]
+    assert cli.main(["classify", "--json", "--model", str(out), str(photo)]) == 0
+
+
+def test_statistics_are_the_settings(tiny_model, setting, tmp_path):
+    """AdaBN: the stem's BatchNorm now holds the mean of its input over the setting's photos."""
+    from garbage_sorter.images import load_image
+    from garbage_sorter.presets import EvalTransform
+
+    out = tmp_path / "adapted.pt"
+    assert run("--out", out, "--model", tiny_model, setting) == 0
+    base, adapted = load_checkpoint(tiny_model), load_checkpoint(out)
+    transform = EvalTransform(base.preprocessing)
+    x = torch.stack([transform(load_image(p)) for p in sorted(setting.glob("*.jpg"))])
+    model = base.build()
+    with torch.no_grad():
+        stem = model._conv_stem(x)
+    wanted = stem.mean((0, 2, 3))
+    got = adapted.state_dict["_bn0.running_mean"].float()
+    assert torch.allclose(got, wanted, atol=2e-3 * wanted.abs().max())
+    assert not torch.allclose(base.state_dict["_bn0.running_mean"].float(), wanted, atol=1e-2)
+    # Every BatchNorm layer moved; the convolutions and the head did not.
+    changed = {k for k, v in adapted.state_dict.items() if not torch.equal(v, base.state_dict[k])}
+    layers = adapted_layers(model, base.arch, None)
+    assert len(layers) == sum(1 for k in changed if k.endswith("running_var"))
+    assert all("running_" in k or "num_batches" in k for k in changed)
+
+
+def test_labelled_photos_choose_and_are_recorded(tiny_model, setting, tmp_path):
+    labelled = tmp_path / "corrections"
+    for cls in ("glass", "metal", "plastic"):
+        (labelled / cls).mkdir(parents=True)
+        for photo in real_photos(cls, 8)[4:8]:
+            shutil.copy(photo, labelled / cls / photo.name)
+    out = tmp_path / "adapted.pt"
+    assert run("--out", out, "--model", tiny_model, "--labelled", labelled, setting) == 0
+    record = load_checkpoint(out).config["adaptation"]
+    assert record["labelled_photos"] == 12 and record["unlabelled_photos"] == 20
+    assert record["labelled_per_class"] == {"glass": 4, "metal": 4, "plastic": 4}
+    assert "fold" in record["chosen_by"]
+    assert {(c["alpha"], c["head"]) for c in record["candidates"]} == {
+        (a, h) for a in (0.0, 0.5, 1.0) for h in ("original", "refitted")
+    }
+    assert (record["alpha"], record["head"]) in {
+        (c["alpha"], c["head"]) for c in record["candidates"]
+    }
+
+
+def test_labelled_photos_alone_are_enough(tiny_model, tmp_path):
+    labelled = tmp_path / "corrections"
+    for cls in CLASSES[:4]:
+        (labelled / cls).mkdir(parents=True)
+        for photo in real_photos(cls, 4):
+            shutil.copy(photo, labelled / cls / photo.name)
+    out = tmp_path / "adapted.pt"
+    assert run("--out", out, "--model", tiny_model, "--labelled", labelled) == 0
+    assert load_checkpoint(out).config["adaptation"]["labelled_photos"] == 16
+
+
+def broken_copies(folder: Path, n: int) -> None:
+    for i in range(n):
+        shutil.copy(BAD_FILES / "empty.jpg", folder / f"broken{i}.jpg")
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "message"),
+    [
+        (lambda d, m, s: ["--model", m], 2, "give photos"),
+        (lambda d, m, s: ["--model", m, d / "empty"], 1, "no photos found"),
+        (lambda d, m, s: ["--model", m, d / "few"], 1, f"at least {MIN_PHOTOS}"),
+        (lambda d, m, s: ["--model", m, "--labelled", d / "odd", s], 2, "unknown class folder"),
+        (lambda d, m, s: ["--model", m, "--labelled", d / "loose", s], 2, "not in a class folder"),
+        (lambda d, m, s: ["--model", m, "--labelled", d / "missing"], 2, "not a folder"),
+        (lambda d, m, s: ["--model", d / "model.onnx", s], 2, "ONNX"),
+        (lambda d, m, s: ["--model", d / "garbage.pt", s], 1, "not a readable model"),
+        (lambda d, m, s: ["--model", d / "missing.pt", s], 1, "no such model"),
+    ],
+    ids=["nothing", "empty", "too-few", "odd-class", "loose", "no-dir", "onnx", "garbage", "none"],
+)
+def test_unusable_input_is_refused(tiny_model, setting, tmp_path, capsys, make, status, message):
+    (tmp_path / "empty").mkdir()
+    few = tmp_path / "few"
+    few.mkdir()
+    for photo in sorted(setting.glob("*.jpg"))[: MIN_PHOTOS - 4]:
+        shutil.copy(photo, few)
+    broken_copies(few, 6)
+    (tmp_path / "odd" / "bottles").mkdir(parents=True)
+    (tmp_path / "loose").mkdir()
+    shutil.copy(sorted(setting.glob("*.jpg"))[0], tmp_path / "loose")
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a model" * 20)
+    before = sha(tiny_model)
+    out = tmp_path / "out.pt"
+
+    assert run("--out", out, *make(tmp_path, tiny_model, setting)) == status
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("garbage-sorter: ") and message in error, error
+    assert not out.exists() and sha(tiny_model) == before
+
+
+def test_never_overwrites_the_base(tiny_model, setting, tmp_path, capsys):
+    base = tmp_path / "base.pt"
+    shutil.copy(tiny_model, base)
+    before = sha(base)
+    assert run("--out", base, "--model", base, setting) == 2
+    assert "base model" in capsys.readouterr().err
+    assert sha(base) == before
+
+
+def test_adapt_is_listed_in_help(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "adapt" in capsys.readouterr().out
+    assert "adapt" in cli.SUBCOMMANDS
