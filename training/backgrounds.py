@@ -728,3 +728,99 @@ class BackgroundAugment:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p}, seed={self.seed})"
+
+
+# --------------------------------------------------------------------------- light and framing
+# What real cameras do to a photo that TrashNet's studio never shows: LED light with a strong
+# colour cast, low light with sensor noise, glare, objects cut by the frame edge or seen from
+# close, and small objects in a large frame. `bench/loso.py` trains on copies made with these
+# and measures, source by source, whether they pay.
+
+LIGHT_KINDS = ("blue_led", "orange_led", "low_light", "glare")
+FRAMING_KINDS = ("edge_cut", "close", "small")
+
+
+def relight(rgb: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """``rgb`` (HxWx3 uint8) under another light, a new array; ``kind`` from `LIGHT_KINDS`
+    (default: one at random).
+
+    blue_led / orange_led: a strong white-balance error, as under a cold or warm LED with the
+    camera's auto white balance off or fooled. low_light: a dark, noisy, less saturated frame
+    (a bin's interior). glare: a bright specular spot and a veil of scattered light that lowers
+    contrast (a lamp or the sun on a lid).
+    """
+    kind = kind or LIGHT_KINDS[int(rng.integers(len(LIGHT_KINDS)))]
+    img = rgb.astype(np.float32)
+    if kind in ("blue_led", "orange_led"):
+        s = rng.uniform(0.15, 0.35)
+        gain = np.array([1 - s, 1 - s / 3, 1 + s] if kind == "blue_led" else [1 + s, 1, 1 - s])
+        img = img * gain * rng.uniform(0.85, 1.1)
+    elif kind == "low_light":
+        grey = img.mean(axis=2, keepdims=True)
+        img = grey + (img - grey) * rng.uniform(0.5, 0.8)  # colour fades first in the dark
+        img = 255 * (img / 255) ** rng.uniform(1.1, 1.5) * rng.uniform(0.2, 0.45)
+        img = img + rng.normal(0, rng.uniform(2, 6), img.shape)
+    elif kind == "glare":
+        h, w = img.shape[:2]
+        yy, xx = _coords(h, w)
+        cy, cx = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9)
+        r = rng.uniform(0.12, 0.3)
+        spot = np.exp(-((yy - cy) ** 2 + (xx * w / h - cx * w / h) ** 2) / (2 * r * r))
+        veil = rng.uniform(0.1, 0.3)
+        img = img * (1 - veil) + 255 * veil + spot[..., None] * rng.uniform(120, 230)
+    else:
+        raise ValueError(f"unknown light {kind!r}; known: {', '.join(LIGHT_KINDS)}")
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def reframe(rgb: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """``rgb`` (HxWx3 uint8) framed another way, at its own size; ``kind`` from
+    `FRAMING_KINDS` (default: one at random).
+
+    The object is assumed near the centre, as in TrashNet and in object crops. edge_cut: a
+    window against one side, so the frame edge cuts the object. close: a central window, the
+    object seen from close and filling the frame. small: the photo shrunk into a frame two to
+    three times larger, filled by mirroring its own surroundings.
+    """
+    kind = kind or FRAMING_KINDS[int(rng.integers(len(FRAMING_KINDS)))]
+    h, w = rgb.shape[:2]
+    if kind == "edge_cut":
+        f = rng.uniform(0.55, 0.75)
+        cw, ch = max(8, int(w * f)), max(8, int(h * f))
+        side = int(rng.integers(4))  # the window sits against this side, cutting the other
+        x0 = (w - cw) * (side == 1) if side in (0, 1) else int(rng.integers(0, w - cw + 1))
+        y0 = (h - ch) * (side == 3) if side in (2, 3) else int(rng.integers(0, h - ch + 1))
+        out = rgb[y0 : y0 + ch, x0 : x0 + cw]
+    elif kind == "close":
+        f = rng.uniform(0.45, 0.65)
+        cw, ch = max(8, int(w * f)), max(8, int(h * f))
+        x0 = (w - cw) // 2 + int(rng.integers(-(w - cw) // 4, (w - cw) // 4 + 1))
+        y0 = (h - ch) // 2 + int(rng.integers(-(h - ch) // 4, (h - ch) // 4 + 1))
+        out = rgb[y0 : y0 + ch, x0 : x0 + cw]
+    elif kind == "small":
+        f = rng.uniform(0.35, 0.55)  # the photo's share of the new frame's side
+        sw, sh = max(4, int(w * f)), max(4, int(h * f))
+        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+        left = int(rng.integers(0, w - sw + 1))
+        top = int(rng.integers(0, h - sh + 1))
+        # The surround is the photo itself, enlarged and blurred past recognition: the colours
+        # of its surface without a second copy of the object. The edges of the paste are soft.
+        out = cv2.GaussianBlur(rgb, (0, 0), max(h, w) / 12).astype(np.float32) * 0.9
+        alpha = np.ones((sh, sw), np.float32)
+        edge = max(1, min(sh, sw) // 10)
+        alpha = cv2.copyMakeBorder(
+            alpha[edge : -edge or None, edge : -edge or None],
+            edge,
+            edge,
+            edge,
+            edge,
+            cv2.BORDER_CONSTANT,
+            value=0.0,
+        )
+        alpha = cv2.GaussianBlur(cv2.resize(alpha, (sw, sh)), (0, 0), edge / 2 + 0.5)[..., None]
+        window = out[top : top + sh, left : left + sw]
+        out[top : top + sh, left : left + sw] = alpha * small + (1 - alpha) * window
+        out = out.astype(np.uint8)
+    else:
+        raise ValueError(f"unknown framing {kind!r}; known: {', '.join(FRAMING_KINDS)}")
+    return cv2.resize(np.ascontiguousarray(out), (w, h), interpolation=cv2.INTER_LINEAR)
