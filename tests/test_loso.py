@@ -100,9 +100,10 @@ def test_probe_recipes_leave_each_source_out(tiny_tree, tmp_path):
     rows = _summary(text)
     for recipe in ("lite0", "lite0-light-framing-balanced"):
         figures = rows[recipe]
-        loso = [float(x) for x in figures[2:5]]
+        assert 0 <= float(figures[2]) <= 1  # the synthetic bin camera
+        loso = [float(x) for x in figures[3:6]]
         assert all(0 <= x <= 1 for x in loso)
-        assert float(figures[5]) == pytest.approx(np.mean(loso), abs=0.002)
+        assert float(figures[6]) == pytest.approx(np.mean(loso), abs=0.002)
     # Each fold was tested on all of its held-out source and never trained on it.
     import json
 
@@ -117,10 +118,16 @@ def test_probe_recipes_leave_each_source_out(tiny_tree, tmp_path):
     copies = list((out / "augmented" / "light").glob("*.jpg"))
     assert copies and len(copies) == len(list((out / "augmented" / "framing").glob("*.jpg")))
     assert Image.open(copies[0]).size[0] > 0
-    # A second run reuses the feature cache and copies and gives the same table.
-    assert _summary(run_loso(
+    # A second run reuses the feature cache and copies and gives the same table; the bundled
+    # model is scored per source beside it (not leave-one-source-out).
+    again = run_loso(
         "--data", str(data), "--split", str(split), "--out", str(out), "--recipes", "lite0",
-    ))["lite0"] == rows["lite0"]  # fmt: skip
+        "--bundled",
+    )  # fmt: skip
+    assert _summary(again)["lite0"] == rows["lite0"]
+    bundled = json.loads((out / "bundled.json").read_text())
+    assert set(bundled) == {"trashnet", "bin-camera", "taco", "floor-photos", "trashnetpp"}
+    assert bundled["trashnetpp"]["n"] == 9 and "NOT leave-one-source-out" in again
 
 
 @needs_data
@@ -167,3 +174,17 @@ def test_light_changes_shift_colour_and_brightness_as_named():
     assert np.array_equal(*same)
     with pytest.raises(ValueError, match="unknown light"):
         B.relight(rgb, rng, "disco")
+
+
+def test_bin_camera_set_is_repeatable_and_fixed_means_one_setting():
+    photos = sorted((TESTS / "fixtures" / "photos").rglob("*.jpg"))[:3]
+    rgbs = [np.asarray(Image.open(p).convert("RGB")) for p in photos]
+    varied = B.bin_camera_set(rgbs, seed=0)
+    assert [a.shape for a in varied] == [(288, 384, 3)] * 3
+    again = B.bin_camera_set(rgbs, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(varied, again, strict=True))
+    assert not np.array_equal(varied[0], B.bin_camera_set(rgbs, seed=1)[0])
+    # One setting: the same photo twice looks alike apart from where the object lands.
+    same = B.bin_camera_set([rgbs[0], rgbs[0]], seed=3, fixed=True)
+    corner = lambda a: a[:24, :24].reshape(-1, 3).mean(0)  # noqa: E731
+    assert np.abs(corner(same[0]) - corner(same[1])).max() < 12

@@ -762,7 +762,8 @@ def relight(rgb: np.ndarray, rng: np.random.Generator, kind: str | None = None) 
         img = img + rng.normal(0, rng.uniform(2, 6), img.shape)
     elif kind == "glare":
         h, w = img.shape[:2]
-        yy, xx = _coords(h, w)
+        xx, yy = _coords(h, w)
+        xx, yy = xx / w, yy / h
         cy, cx = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9)
         r = rng.uniform(0.12, 0.3)
         spot = np.exp(-((yy - cy) ** 2 + (xx * w / h - cx * w / h) ** 2) / (2 * r * r))
@@ -824,3 +825,36 @@ def reframe(rgb: np.ndarray, rng: np.random.Generator, kind: str | None = None) 
     else:
         raise ValueError(f"unknown framing {kind!r}; known: {', '.join(FRAMING_KINDS)}")
     return cv2.resize(np.ascontiguousarray(out), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def bin_camera_set(
+    images: list[np.ndarray],
+    seed: int = 0,
+    *,
+    fixed: bool = False,
+    size: tuple[int, int] = (384, 288),
+) -> list[np.ndarray]:
+    """A synthetic "bin camera": white-board photos (HxWx3 uint8) as a camera over a bin sees them.
+
+    Each object is cut off its board and composited on a *held-out* background (never used in
+    training), then lit by a strong colour cast or low light (`relight`) and darkened towards the
+    corners by a vignette. With ``fixed`` the whole set shares one background and one light, a
+    single setting to adapt to; otherwise every photo draws its own, a robustness test. The same
+    images and seed give the same set. Returns ``size`` (width, height) images, HxWx3 uint8.
+    """
+    rng = np.random.default_rng([seed, 1234])
+    w, h = size
+    xx, yy = _coords(h, w)
+    xx, yy = xx / w, yy / h
+    vignette = (1 - 0.45 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * 4)[..., None]
+    shared = make_background(size, rng, split="heldout") if fixed else None
+    light = LIGHT_KINDS[int(rng.integers(len(LIGHT_KINDS)))] if fixed else None
+    light_seed = int(rng.integers(2**31))
+    out = []
+    for rgb in images:
+        background = shared if fixed else make_background(size, rng, split="heldout")
+        placed = composite(rgb, white_background_mask(rgb), background, rng, relight=False)
+        # A fixed setting keeps one light: the same random draw of strength for every photo.
+        lit = relight(placed, np.random.default_rng(light_seed) if fixed else rng, light)
+        out.append(np.clip(lit.astype(np.float32) * vignette, 0, 255).astype(np.uint8))
+    return out
