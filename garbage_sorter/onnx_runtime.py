@@ -448,6 +448,10 @@ def _session(model: str | bytes, threads: int | None):
     # One request at a time per session (the classifier holds a lock): no inter-op pool.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle threads sleep instead of spinning: a spinning thread takes a core that the decoding
+    # thread, the app or another process needs. Under load that halved the time a photo (BENCHMARKS.md,
+    # "Fast by default"); on quiet cores waking them costs little next to a run.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
