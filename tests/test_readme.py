@@ -239,9 +239,12 @@ def _run_app(text: str, place: dict) -> str:
         started, samples = time.monotonic(), []
         while time.monotonic() - started < SETTLE:
             time.sleep(0.5)
+            try:
+                samples.append((time.monotonic(), _cpu_seconds(proc.pid)))
+            except (FileNotFoundError, ProcessLookupError):
+                break  # it exited
             if proc.poll() is not None:
                 break
-            samples.append((time.monotonic(), _cpu_seconds(proc.pid)))
             old = [s for s in samples if s[0] <= samples[-1][0] - 2]
             if time.monotonic() - started > 3 and old and samples[-1][1] - old[-1][1] < 0.1:
                 break
