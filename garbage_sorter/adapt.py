@@ -41,12 +41,18 @@ from .model import Checkpoint, CheckpointError, head_name, load_checkpoint, save
 from .presets import EvalTransform
 
 MIN_PHOTOS = 16  # fewer photos estimate a channel's variance too noisily to beat the shipped one
-# Measured on the benchmark settings (bench/adapt.py): without labels to choose, adapt every
-# layer and blend: full replacement gains most on a strongly shifted camera but costs a little
-# on photos like the training ones.
-DEFAULT_ALPHA = 1.0
-DEFAULT_BLOCKS: int | None = None  # None: every BatchNorm layer
-ALPHAS = (0.0, 0.5, 1.0)  # the blends labelled photos choose among
+# (alpha, blocks): the blend weight of the setting's statistics and how many blocks after the
+# stem are adapted (None: all). Measured on the benchmark settings (bench/adapt.py): without
+# labels to choose, ...
+DEFAULT: tuple[float, int | None] = (1.0, 4)
+# What labelled photos choose among, the shipped model first: on a tie the earlier wins.
+CANDIDATES: tuple[tuple[float, int | None], ...] = (
+    (0.0, None),
+    (0.5, 4),
+    (1.0, 4),
+    (0.5, None),
+    (1.0, None),
+)
 MIN_TO_CHOOSE = 12  # labelled photos needed to choose by k-fold accuracy instead of the default
 MIN_TO_CALIBRATE = 30  # ... and to refit temperature and threshold
 BATCH = 32
@@ -186,6 +192,7 @@ def setting_statistics(
     report = progress or (lambda message: None)
     before = current_statistics(layers)
     momenta = [bn.momentum for bn in layers]
+    counts = [bn.num_batches_tracked.clone() for bn in layers]
     order = np.random.default_rng(seed).permutation(len(tensors))
     chunks = np.array_split(order, max(1, round(len(tensors) / BATCH)))
     model.eval()
@@ -200,8 +207,9 @@ def setting_statistics(
                 report(f"measuring the setting {min(i * len(chunk), len(tensors))}/{len(tensors)}")
         stats = current_statistics(layers)
     finally:
-        for bn, momentum in zip(layers, momenta, strict=True):
+        for bn, momentum, count in zip(layers, momenta, counts, strict=True):
             bn.momentum = momentum
+            bn.num_batches_tracked.copy_(count)
             bn.eval()
         set_statistics(layers, before)
     return stats
@@ -278,60 +286,71 @@ def adapt_model(
     checkpoint: Checkpoint,
     photos: Photos,
     *,
-    alpha: float | None = None,
-    blocks: int | None = DEFAULT_BLOCKS,
+    fixed: tuple[float, int | None] | None = None,
+    statistics: Stats | None = None,
     progress: ProgressFn | None = None,
 ) -> Adapted:
     """Adapt ``checkpoint``'s network to the setting the photos show.
 
     Args:
-        alpha: blend weight of the setting's statistics; None: chosen by the labelled photos when
-            there are at least ``MIN_TO_CHOOSE``, else ``DEFAULT_ALPHA``.
-        blocks: adapt the stem and this many blocks (None: every BatchNorm layer).
+        fixed: (alpha, blocks) to use instead of choosing: the blend weight of the setting's
+            statistics, and how many blocks after the stem are adapted (None: every layer).
+            Without it they are chosen by the labelled photos when there are at least
+            ``MIN_TO_CHOOSE`` of two classes or more, else ``DEFAULT``.
+        statistics: the setting's statistics of every BatchNorm layer, already measured with
+            :func:`setting_statistics` on these photos (to try several choices on one setting).
     """
     report = progress or (lambda message: None)
     arch, classes = checkpoint.arch, checkpoint.classes
     model = checkpoint.build().to(memory_format=torch.channels_last)
-    layers = adapted_layers(model, arch, blocks)
+    layers = adapted_layers(model, arch, None)
     source = current_statistics(layers)
-    # Labelled photos are photos of the setting too: they count towards its statistics.
-    target = setting_statistics(model, layers, photos.unlabelled + photos.labelled, report)
+    # Labelled photos are photos of the setting too: they count towards its statistics. A
+    # layer's statistics depend only on the layers before it, so one pass serves every choice
+    # of how many blocks to adapt.
+    target = statistics or setting_statistics(
+        model, layers, photos.unlabelled + photos.labelled, report
+    )
+
+    def apply(alpha: float, blocks: int | None) -> None:
+        n = len(adapted_layers(model, arch, blocks))
+        set_statistics(layers, blend(source[:n], target[:n], alpha) + source[n:])
+
     head = getattr(model, head_name(arch))
     calibration = dict(checkpoint.calibration)
     y = np.array(photos.labels, dtype=np.int64)
-    choice: dict[str, Any] = {"blocks": blocks, "head": "original"}
-    if alpha is not None or len(y) < MIN_TO_CHOOSE or len(np.unique(y)) < 2:
-        choice["alpha"] = DEFAULT_ALPHA if alpha is None else float(alpha)
-        choice["chosen_by"] = "given" if alpha is not None else "default (too few labelled photos)"
-        set_statistics(layers, blend(source, target, choice["alpha"]))
+    if fixed is not None or len(y) < MIN_TO_CHOOSE or len(np.unique(y)) < 2:
+        alpha, blocks = fixed or DEFAULT
+        apply(alpha, blocks)
+        chosen_by = "given" if fixed else "default (too few labelled photos to choose)"
+        choice = {"alpha": alpha, "blocks": blocks, "head": "original", "chosen_by": chosen_by}
         return Adapted(model.eval(), calibration, choice)
 
     # Candidates in order of caution: on a tie the earlier (closer to the shipped model) wins.
     report(f"choosing with {len(y)} labelled photos")
     candidates = []
-    for a in ALPHAS:
-        set_statistics(layers, blend(source, target, a))
+    for alpha, blocks in CANDIDATES:
+        apply(alpha, blocks)
         feats = pooled_features(model, arch, photos.labelled)
-        candidates.append((a, "original", head_logits(head, feats), feats))
-    for a, _, _, feats in list(candidates):
+        candidates.append((alpha, blocks, "original", head_logits(head, feats), feats))
+    for alpha, blocks, _, _, feats in list(candidates):
         oof = out_of_fold_logits(head, feats, y, len(classes))
-        candidates.append((a, "refitted", oof, feats))
-    scores = [float((logits.argmax(1) == y).mean()) for _, _, logits, _ in candidates]
-    best = int(np.argmax(scores))  # argmax keeps the first of equal scores
-    a, kind, logits, feats = candidates[best]
-    set_statistics(layers, blend(source, target, a))
+        candidates.append((alpha, blocks, "refitted", oof, feats))
+    scores = [float((c[3].argmax(1) == y).mean()) for c in candidates]
+    alpha, blocks, kind, logits, feats = candidates[int(np.argmax(scores))]  # first of ties
+    apply(alpha, blocks)
     if kind == "refitted":
         head.load_state_dict(_fit(head, feats, y, len(classes)).state_dict())
-    choice.update(
-        alpha=a,
-        head=kind,
-        chosen_by=f"{len(y)} labelled photos, {min(5, int(np.bincount(y)[np.unique(y)].min()))}"
-        "-fold accuracy",
-        candidates=[
-            {"alpha": c[0], "head": c[1], "accuracy": s}
-            for c, s in zip(candidates, scores, strict=True)
+    choice = {
+        "alpha": alpha,
+        "blocks": blocks,
+        "head": kind,
+        "chosen_by": f"{len(y)} labelled photos, k-fold accuracy",
+        "candidates": [
+            {"alpha": c[0], "blocks": c[1], "head": c[2], "accuracy": score}
+            for c, score in zip(candidates, scores, strict=True)
         ],
-    )
+    }
     if len(y) >= MIN_TO_CALIBRATE:
         from .training.report import calibrate
 

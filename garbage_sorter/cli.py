@@ -368,10 +368,12 @@ def _adapt(args: argparse.Namespace) -> int:
         )
     except AdaptError as exc:
         raise _Failure(str(exc), exc.status) from None
+    blocks = record["blocks"]
+    where = "all layers" if blocks is None else f"the stem and {blocks} blocks"
     print(
         f"wrote {args.out}: adapted to {record['unlabelled_photos']} unlabelled and "
-        f"{record['labelled_photos']} labelled photos (blend {record['alpha']:g}, "
-        f"{record['head']} head, {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
+        f"{record['labelled_photos']} labelled photos (blend {record['alpha']:g} in {where}, "
+        f"{record['head']} head; {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
     )
     return 0
 
