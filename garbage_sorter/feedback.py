@@ -1,7 +1,11 @@
 """The user's own dataset: photos the model got wrong, saved under the class the user chose.
 
 Corrections go into ``<data dir>/feedback/<label>/``, a folder-per-class tree that the training
-module reads like any other dataset, so "Retrain" can learn from them. Each photo is written
+module reads like any other dataset, so "Retrain" can learn from them. Corrections made while a
+model adapted to one camera is in use belong to that setting and are kept apart, in
+``<data dir>/settings/<setting>/corrections/<label>/`` (:func:`setting_corrections_dir`): they
+feed that setting's adaptation (``garbage-sorter adapt --labelled``), not the general dataset,
+whose training would read a setting's folder as a class of its own. Each photo is written
 atomically (temporary file, fsync, rename): a crash or a full disk leaves every earlier
 correction intact and never a torn JPEG that training would trip over.
 """
@@ -28,6 +32,23 @@ class FeedbackError(Exception):
 def feedback_dir() -> Path:
     """Where corrections are kept: ``<data dir>/feedback`` (one folder per class)."""
     return data_dir() / "feedback"
+
+
+def settings_dir() -> Path:
+    """Where each setting (one camera) keeps its adapted model, frames and corrections."""
+    return data_dir() / "settings"
+
+
+def setting_dir(setting: str) -> Path:
+    """The folder of one setting: ``model.pt``, ``frames/`` and ``corrections/<label>/``."""
+    if not setting or setting.startswith(".") or any(c in setting for c in "/\\\0"):
+        raise ValueError(f"not a usable setting name: {setting!r}")
+    return settings_dir() / setting
+
+
+def setting_corrections_dir(setting: str) -> Path:
+    """The corrections made in one setting, one folder per class (adaptation's ``--labelled``)."""
+    return setting_dir(setting) / "corrections"
 
 
 def save_correction(image: Image.Image, label: str, root: Path | None = None) -> Path:

@@ -1,12 +1,15 @@
-"""Dialogs: retrain from the menu, and the model card. Both are non-modal: the window goes on."""
+"""Dialogs: retrain from the menu, adapt to a camera, and the model card. All are non-modal: the
+window goes on."""
 
 from __future__ import annotations
 
 import html
+import re
+import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -28,6 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .adapting import MIN_FRAMES, AdaptWorker, FrameCollector, adapted_model_path
 from .training import TrainWorker
 
 
@@ -330,6 +334,253 @@ class RetrainDialog(QDialog):
 
     def reject(self) -> None:
         self.close()
+
+
+class AdaptDialog(QDialog):
+    """Adapt the model to the running camera: show items for a while, then adapt in a worker.
+
+    The window hands every camera frame to :meth:`offer_frame`; distinct ones are kept
+    (:class:`FrameCollector`) for ``seconds``, then an :class:`AdaptWorker` adapts ``base`` to
+    them. ``retrain=True`` skips the collection: the setting's kept frames and its corrections
+    are adapted on again. Cancel at any point leaves the setting and the app as they were.
+
+    Signals:
+        adapted(str, dict): the setting's new model (its path) and the adaptation record.
+    """
+
+    adapted = Signal(str, dict)
+
+    def __init__(
+        self,
+        *,
+        setting: str,
+        title: str,
+        base: str | None,
+        seconds: float = 30.0,
+        retrain: bool = False,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setting, self.base, self.seconds, self.retrain = setting, base, seconds, retrain
+        self.setWindowTitle(f"Retrain for {title}" if retrain else f"Adapt to {title}")
+        self.setMinimumWidth(480)
+        self.collector = FrameCollector()
+        self.worker: AdaptWorker | None = None
+        self.phase = "ready"  # ready -> collecting -> adapting -> done | failed
+        self._started = 0.0
+        self._close_when_stopped = False
+
+        layout = QVBoxLayout(self)
+        self.heading = QLabel()
+        self.heading.setObjectName("SectionTitle")
+        self.instructions = QLabel()
+        self.instructions.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.counts = QLabel("")
+        self.stage = QLabel("")
+        self.stage.setWordWrap(True)
+        for widget in (self.heading, self.instructions, self.progress, self.counts, self.stage):
+            layout.addWidget(widget)
+        buttons = QHBoxLayout()
+        self.cancel_button = QPushButton("Cancel")
+        self.again_button = QPushButton("Try again")
+        self.close_button = QPushButton("Close")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.again_button.clicked.connect(self.start)
+        self.close_button.clicked.connect(self.close)
+        buttons.addStretch(1)
+        for button in (self.again_button, self.cancel_button, self.close_button):
+            buttons.addWidget(button)
+        layout.addLayout(buttons)
+        self._timer = QTimer(self, interval=200)
+        self._timer.timeout.connect(self._on_tick)
+        self._show_buttons()
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin: collect frames (or, to retrain, adapt on the kept ones at once)."""
+        self.progress.setValue(0)
+        self.counts.setText("")
+        if self.retrain:
+            self.heading.setText("Learning from your corrections")
+            self.instructions.setText(
+                "Adapting again to this camera's kept frames, with the photos you corrected "
+                "as examples of each class."
+            )
+            self._start_worker(None)
+            return
+        self.collector = FrameCollector()
+        self.phase = "collecting"
+        self._started = time.monotonic()
+        self.heading.setText("Step 1 of 2: show the camera several different items")
+        self.instructions.setText(
+            f"For about {self.seconds:.0f} seconds, hold items in front of the camera one after "
+            "another, where you normally would, and turn them a little. Different items and "
+            "views teach the model this camera's light and background; it needs no labels."
+        )
+        self.stage.setText("Watching…")
+        self._timer.start()
+        self._show_buttons()
+
+    def offer_frame(self, frame) -> None:
+        """A camera frame (BGR array), kept if different enough from the last kept one."""
+        if self.phase != "collecting":
+            return
+        self.collector.add(frame)
+        self._show_counts()
+        if self.collector.full:
+            self._finish_collecting()
+
+    def camera_gone(self) -> None:
+        """The camera stopped or was switched: a collection cannot go on."""
+        if self.phase == "collecting":
+            self._fail(
+                "The camera stopped, so no more frames came. Start it again from the Camera "
+                "menu, then try again."
+            )
+
+    def _on_tick(self) -> None:
+        elapsed = time.monotonic() - self._started
+        self.progress.setValue(min(1000, round(1000 * elapsed / max(self.seconds, 1e-3))))
+        if elapsed >= self.seconds:
+            self._finish_collecting()
+
+    def _show_counts(self) -> None:
+        kept, seen = len(self.collector.frames), self.collector.seen
+        self.counts.setText(
+            f"<b>{kept}</b> different view{'s' if kept != 1 else ''} kept "
+            f"(of {seen} frame{'s' if seen != 1 else ''}; near-repeats are skipped)"
+        )
+
+    def _finish_collecting(self) -> None:
+        self._timer.stop()
+        frames = self.collector.frames
+        if len(frames) < MIN_FRAMES:
+            self._fail(
+                f"Only {len(frames)} different view{'s' if len(frames) != 1 else ''} in "
+                f"{self.seconds:.0f} s; adapting needs at "
+                f"least {MIN_FRAMES}. Show more items, one after another, and try again."
+            )
+            return
+        self.heading.setText("Step 2 of 2: adapting the model to this camera")
+        self.instructions.setText(
+            f"Learning this camera's look from {len(frames)} views. The current model stays in "
+            "use until this is done."
+        )
+        self._start_worker(frames)
+
+    def _start_worker(self, frames) -> None:
+        self.phase = "adapting"
+        self.progress.setValue(0)
+        self.stage.setText("Starting…")
+        self.worker = AdaptWorker(self.setting, self.base, frames, self)
+        self.collector = FrameCollector()  # the worker has the frames now
+        self.worker.progress.connect(self._on_progress)
+        self.worker.succeeded.connect(self._on_succeeded)
+        self.worker.cancelled.connect(self._on_cancelled)
+        self.worker.failed.connect(self._on_failed)
+        self.worker.finished.connect(self._on_worker_finished)
+        self._show_buttons()
+        self.worker.start()
+
+    # Where each of the core's steps sits on the bar (per mille): reading, measuring, the rest.
+    _STEPS = {"saving": (0, 100), "reading": (100, 400), "measuring": (400, 900)}
+
+    def _on_progress(self, message: str) -> None:
+        if self.phase != "adapting":
+            return
+        self.stage.setText(message[:1].upper() + message[1:] + "…")
+        step = self._STEPS.get(message.split(" ", 1)[0])
+        done = re.search(r"(\d+)/(\d+)", message)
+        if step and done and int(done.group(2)):
+            low, high = step
+            self.progress.setValue(low + (high - low) * int(done.group(1)) // int(done.group(2)))
+        elif not step:
+            self.progress.setValue(max(self.progress.value(), 950))
+
+    def _on_succeeded(self, record: dict) -> None:
+        self.phase = "done"
+        self.progress.setValue(1000)
+        self.stage.setText("Done.")
+        self.adapted.emit(str(adapted_model_path(self.setting)), record)
+        self._close_when_stopped = True  # closes once the worker's thread has ended
+        self._show_buttons()
+
+    def _on_cancelled(self) -> None:
+        self.stage.setText("Cancelled. Nothing was changed.")
+
+    def _on_failed(self, message: str) -> None:
+        self._fail(message)
+
+    def _fail(self, message: str) -> None:
+        self._timer.stop()
+        self.phase = "failed"
+        self.collector = FrameCollector()
+        self.stage.setText(f'<span style="color:#b71c1c">{html.escape(message)}</span>')
+        self._show_buttons()
+
+    def _on_worker_finished(self) -> None:
+        if self.sender() is not self.worker:
+            return
+        self.worker.deleteLater()
+        self.worker = None
+        if self.phase == "adapting":  # cancelled
+            self.phase = "ready"
+        self._show_buttons()
+        if self._close_when_stopped:
+            self.close()
+
+    def _show_buttons(self) -> None:
+        running = self.phase in ("collecting", "adapting")
+        self.cancel_button.setVisible(running)
+        self.cancel_button.setEnabled(running and not self._close_when_stopped)
+        self.again_button.setVisible(self.phase == "failed")
+        self.close_button.setVisible(not running)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop collecting or adapting and close; nothing is kept."""
+        self._timer.stop()
+        self.collector = FrameCollector()
+        if self.worker is not None:
+            self.worker.cancel()
+            self.stage.setText("Stopping at the next step…")
+        elif self.phase == "collecting":
+            self.phase = "ready"
+        self.close()
+
+    def stop_and_close(self) -> None:
+        """For the app closing: cancel a run, wait for it to end, close the dialog."""
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker.wait()
+            self.worker = None
+        self._timer.stop()
+        self.phase = "ready"
+        self.close()
+
+    def closeEvent(self, event) -> None:
+        # Closing cancels the run and waits for it in the event loop, not by blocking.
+        if self.worker is not None:
+            self._close_when_stopped = True
+            self.worker.cancel()
+            self._show_buttons()
+            event.ignore()
+            return
+        self._timer.stop()
+        if self.phase == "collecting":
+            self.phase = "ready"
+        super().closeEvent(event)
+
+    def reject(self) -> None:
+        # Esc or the title bar's close: a run is cancelled first (QDialog would only hide).
+        if self.worker is not None or self.phase == "collecting":
+            self.cancel()
+        else:
+            super().reject()
 
 
 class ModelCardDialog(QDialog):

@@ -27,13 +27,19 @@ from PySide6.QtWidgets import (
 )
 
 from garbage_sorter import bins
-from garbage_sorter.feedback import count_corrections, feedback_dir, save_correction
+from garbage_sorter.feedback import (
+    count_corrections,
+    feedback_dir,
+    save_correction,
+    setting_corrections_dir,
+)
 from garbage_sorter.images import IMAGE_SUFFIXES
 from garbage_sorter.segmentation import ISOLATE_BY_DEFAULT
 from garbage_sorter.storage import config_dir, data_dir
 
+from .adapting import adapted_model_path, setting_key, setting_of
 from .camera import CameraSource, CameraWorker, list_cameras, parse_source
-from .dialogs import ModelCardDialog, RetrainDialog
+from .dialogs import AdaptDialog, ModelCardDialog, RetrainDialog
 from .inference import InferenceWorker, Job, Result, expand_paths, explain, load_classifier
 from .tasks import run_task
 from .widgets import HistoryList, ImageView, Notice, ResultPanel
@@ -57,9 +63,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def _save_correction_and_count(image, label: str) -> tuple[Path, int]:
-    """Save a correction (a pool thread: the file is fsynced) and count them all."""
-    return save_correction(image, label), sum(count_corrections().values())
+def _save_correction_and_count(image, label: str, root: Path | None) -> tuple[Path, int, bool]:
+    """Save a correction (a pool thread: the file is fsynced) and count those beside it."""
+    return save_correction(image, label, root), sum(count_corrections(root).values()), bool(root)
+
+
+def _load_numbered(request: int, path: str | None, device: str, region: str | None):
+    """``load_classifier``, answering with the request's number: only the latest load is used."""
+    try:
+        return request, load_classifier(path, device, region)
+    except Exception as exc:
+        exc.load_request = request  # type: ignore[attr-defined]
+        raise
 
 
 def app_settings() -> QSettings:
@@ -108,6 +123,10 @@ class MainWindow(QMainWindow):
         self._retrain: RetrainDialog | None = None
         self._loading = False
         self._remember_model = False
+        self._load_request = 0
+        self._adapting: AdaptDialog | None = None
+        # How long "Adapt to this camera" collects frames (tests shorten it; not a user option).
+        self.adapt_seconds = 30.0
         self.camera_rates = (0, 0)  # frames shown, live predictions: in the last second
 
         self.regions = bins.load_regions()
@@ -202,6 +221,24 @@ class MainWindow(QMainWindow):
         )
         self.card_action = self._action("Model &card", self._on_model_card)
         self.retrain_action = self._action("&Retrain model…", self._on_retrain, "Ctrl+R")
+        self.adapt_action = self._action(
+            "&Adapt to this camera…",
+            self._on_adapt,
+            tip="Learn the running camera's light and background from a few seconds of items",
+        )
+        self.original_model_action = self._action(
+            "Use the &original model",
+            self._on_use_original_model,
+            tip="Go back to the model this camera was adapted from",
+        )
+        self.adapted_model_action = self._action(
+            "Use the model adapted to this &camera", self._on_use_adapted_model
+        )
+        self.retrain_setting_action = self._action(
+            "Retrain with my &corrections",
+            self._on_retrain_setting,
+            tip="Adapt again to this camera, learning from the photos you corrected here",
+        )
         self.data_folder_action = self._action("Open &data folder", self._on_open_data_folder)
         self.shortcuts_action = self._action(
             "&Keyboard shortcuts", self._on_show_shortcuts, QKeySequence.StandardKey.HelpContents
@@ -291,6 +328,16 @@ class MainWindow(QMainWindow):
 
         model_menu = bar.addMenu("&Model")
         model_menu.addActions([self.open_model_action, self.bundled_model_action, self.card_action])
+        model_menu.addSeparator()
+        model_menu.addActions(
+            [
+                self.adapt_action,
+                self.original_model_action,
+                self.adapted_model_action,
+                self.retrain_setting_action,
+            ]
+        )
+        model_menu.aboutToShow.connect(self._update_model_actions)
 
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self.shortcuts_action)
@@ -316,11 +363,13 @@ class MainWindow(QMainWindow):
         """Load ``path`` (None: the bundled model) in the background; the current one stays meanwhile."""
         self._loading = True
         self._remember_model = remember
+        self._load_request += 1  # a later request wins over one still loading
         self.status_model.setText("Loading model…")
         if self.classifier is None:
             self.result_panel.clear("Loading the model…")
         run_task(
-            load_classifier,
+            _load_numbered,
+            self._load_request,
             path,
             self.device,
             self.region.id,
@@ -329,7 +378,10 @@ class MainWindow(QMainWindow):
             on_error=self._on_model_error,
         )
 
-    def _on_model_loaded(self, classifier) -> None:
+    def _on_model_loaded(self, answer) -> None:
+        request, classifier = answer
+        if request != self._load_request:
+            return  # a newer request is on its way
         self._loading = False
         if classifier.region.id != self.region.id:  # the region changed while it was loading
             classifier.set_region(self.region.id)
@@ -341,7 +393,9 @@ class MainWindow(QMainWindow):
         self.result_panel.set_classes(classifier.classes)
         self._explanations.clear()
         card = classifier.checkpoint.card()
-        self.status_model.setText(f"Model: {classifier.name} ({card['arch']})")
+        setting = setting_of(self.model_path)
+        name = f"adapted to {self._setting_title(setting)}" if setting else classifier.name
+        self.status_model.setText(f"Model: {name} ({card['arch']})")
         self.status_model.setToolTip(self.model_path or "")
         self.status_device.setText(classifier.device.type.upper())
         if self.current is None:
@@ -351,6 +405,8 @@ class MainWindow(QMainWindow):
         self.model_loaded.emit(classifier)
 
     def _on_model_error(self, exc: Exception) -> None:
+        if getattr(exc, "load_request", self._load_request) != self._load_request:
+            return  # a newer request is on its way
         self._loading = False
         message = str(exc) or type(exc).__name__
         if self.classifier is None:
@@ -367,8 +423,15 @@ class MainWindow(QMainWindow):
     def _update_model_actions(self) -> None:
         # "Why?" follows the result panel instead: it needs an answer, and answers need a model.
         ready = self.classifier is not None
-        for action in (self.card_action, self.retrain_action):
+        for action in (self.card_action, self.retrain_action, self.adapt_action):
             action.setEnabled(ready)
+        in_use = setting_of(self.model_path)
+        camera = self._camera_setting()
+        self.original_model_action.setEnabled(in_use is not None)
+        self.retrain_setting_action.setEnabled(in_use is not None)
+        self.adapted_model_action.setEnabled(
+            camera is not None and camera != in_use and adapted_model_path(camera).is_file()
+        )
 
     def _on_open_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -680,17 +743,29 @@ class MainWindow(QMainWindow):
     def _on_correction_chosen(self, label: str) -> None:
         if self.current is None:
             return
+        # While a camera's adapted model is in use, corrections belong to that setting.
+        setting = setting_of(self.model_path)
         run_task(
             _save_correction_and_count,
             self.current.image,
             label,
+            setting_corrections_dir(setting) if setting else None,
             parent=self,
             on_done=self._on_correction_saved,
             on_error=self._on_correction_error,
         )
 
-    def _on_correction_saved(self, saved: tuple[Path, int]) -> None:
-        path, total = saved
+    def _on_correction_saved(self, saved: tuple[Path, int, bool]) -> None:
+        path, total, for_setting = saved
+        if for_setting:
+            self.notify(
+                f"Saved as {path.parent.name} for this camera ({total} correction"
+                f"{'s' if total != 1 else ''} here so far). Model > Retrain with my corrections "
+                "learns from them.",
+                "info",
+                self.retrain_setting_action,
+            )
+            return
         self.notify(
             f"Saved as {path.parent.name} in your dataset ({total} correction"
             f"{'s' if total != 1 else ''} so far). Data > Retrain model learns from them.",
@@ -752,6 +827,108 @@ class MainWindow(QMainWindow):
     def _on_use_trained_model(self, path: str) -> None:
         self.load_model(path, remember=True)
 
+    # -- adapting to a camera -------------------------------------------------------------------
+
+    def _camera_setting(self) -> str | None:
+        """The setting (see ``adapting.setting_key``) of the running camera, if one runs."""
+        return setting_key(self._camera_source) if self.camera is not None else None
+
+    def _setting_title(self, setting: str) -> str:
+        return self.settings.value(f"adapted/{setting}/title", setting, str)
+
+    def _base_model(self) -> str | None:
+        """The model in use, or the one it was adapted from (None: the bundled model)."""
+        if self.classifier is None or setting_of(self.model_path) is None:
+            return self.model_path
+        record = self.classifier.checkpoint.config.get("adaptation", {})
+        return record.get("base_model") or None
+
+    def _follow_camera_setting(self) -> None:
+        """Use the camera's adapted model if the user chose it, else not another camera's."""
+        setting = self._camera_setting()
+        if setting is None:
+            return
+        path = adapted_model_path(setting)
+        wanted = path.is_file() and self.settings.value(f"adapted/{setting}/use", False, bool)
+        if wanted and self.model_path != str(path):
+            self.load_model(str(path))
+        elif not wanted and setting_of(self.model_path) is not None:
+            self.load_model(self._base_model())
+
+    def _on_adapt(self) -> None:
+        if self.classifier is None:
+            return
+        if self.camera is None:
+            self.notify(
+                "Adapting learns the look of one camera: start it from the Camera menu first, "
+                "then choose Model > Adapt to this camera.",
+                "info",
+            )
+            return
+        self._start_adapting(retrain=False)
+
+    def _on_retrain_setting(self) -> None:
+        if self.classifier is not None and setting_of(self.model_path) is not None:
+            self._start_adapting(retrain=True)
+
+    def _start_adapting(self, retrain: bool) -> None:
+        if self._adapting is not None:
+            self._adapting.raise_()
+            self._adapting.activateWindow()
+            return
+        if retrain:
+            setting = setting_of(self.model_path)
+            title = self._setting_title(setting)
+        else:
+            setting, title = self._camera_setting(), self._camera_source.title
+            if self._frozen:
+                self._on_capture()  # back to live: the user is about to show items
+        self._adapting = AdaptDialog(
+            setting=setting,
+            title=title,
+            base=self._base_model(),
+            seconds=self.adapt_seconds,
+            retrain=retrain,
+            parent=self,
+        )
+        self._adapting.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self._adapting.adapted.connect(self._on_adapted)
+        self._adapting.destroyed.connect(self._on_adapting_closed)
+        self._adapting.show()
+        self._adapting.start()
+
+    def _on_adapting_closed(self) -> None:
+        self._adapting = None
+
+    def _on_adapted(self, path: str, record: dict) -> None:
+        setting = self.sender().setting
+        if not self.sender().retrain:
+            self.settings.setValue(f"adapted/{setting}/title", self._camera_source.title)
+        self.settings.setValue(f"adapted/{setting}/use", True)
+        self.load_model(path)
+        labelled = record.get("labelled_photos", 0)
+        self.notify(
+            f"Adapted to {self._setting_title(setting)} from {record.get('unlabelled_photos', 0)} "
+            f"views" + (f" and {labelled} corrections" if labelled else "") + ". Model > Use the "
+            "original model goes back.",
+            "info",
+            self.original_model_action,
+        )
+
+    def _on_use_original_model(self) -> None:
+        setting = setting_of(self.model_path)
+        if setting is None:
+            return
+        self.settings.setValue(f"adapted/{setting}/use", False)
+        self.load_model(self._base_model())
+
+    def _on_use_adapted_model(self) -> None:
+        setting = self._camera_setting()
+        if setting is None or not adapted_model_path(setting).is_file():
+            return
+        self.settings.setValue(f"adapted/{setting}/use", True)
+        self.load_model(str(adapted_model_path(setting)))
+
     # -- camera -------------------------------------------------------------------------------
 
     def _on_camera_menu_about_to_show(self) -> None:
@@ -798,6 +975,8 @@ class MainWindow(QMainWindow):
         self.status_camera.setText(f"Opening {source.title}…")
         self.stop_camera_action.setEnabled(True)
         self.camera.start()
+        self._follow_camera_setting()
+        self._update_model_actions()
         return self.camera
 
     def stop_camera(self) -> None:
@@ -818,6 +997,9 @@ class MainWindow(QMainWindow):
         old.finished.connect(self._on_retired_camera_finished)
         self._retired_cameras.append(old)
         self.inference.drop_frame()
+        if self._adapting is not None:
+            self._adapting.camera_gone()
+        self._update_model_actions()
 
     def _on_retired_camera_finished(self) -> None:
         self._retired_cameras = [c for c in self._retired_cameras if not c.isFinished()]
@@ -851,6 +1033,8 @@ class MainWindow(QMainWindow):
             return
         frame, image = taken
         self._last_frame = frame
+        if self._adapting is not None:
+            self._adapting.offer_frame(frame)
         if self._frozen:
             return
         self._frames += 1
@@ -950,6 +1134,8 @@ class MainWindow(QMainWindow):
         self._rate_timer.stop()
         if self._retrain is not None:
             self._retrain.stop_and_close()
+        if self._adapting is not None:
+            self._adapting.stop_and_close()
         self._retire_camera()
         for camera in self._retired_cameras:
             camera.wait()

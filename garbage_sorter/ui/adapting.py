@@ -1,0 +1,260 @@
+"""Adapting the model to the running camera: collect distinct frames, adapt in a worker, keep it.
+
+A setting is one camera (a device, or a video file standing in for one), named by
+:func:`setting_key`. Its folder (:func:`garbage_sorter.feedback.setting_dir`) holds the adapted
+checkpoint ``model.pt``, the ``frames/`` it was adapted on and the ``corrections/`` made while it
+was in use. The adaptation itself is the core's :func:`garbage_sorter.adapt.adapt`, the same as
+``garbage-sorter adapt --out model.pt [--labelled corrections] frames``.
+
+Nothing in the setting's folder changes until a run has succeeded: a run works in a hidden
+folder beside it and moves its results in at the end, so Cancel, an error or a crash leaves the
+setting exactly as it was (and a first run leaves no folder at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QThread, Signal
+
+from garbage_sorter.feedback import (
+    count_corrections,
+    setting_corrections_dir,
+    setting_dir,
+    settings_dir,
+)
+
+from .camera import CameraSource
+
+MODEL_NAME = "model.pt"
+FRAMES = "frames"
+# A frame is kept when its small grey thumbnail differs from the last kept one by at least this
+# much (mean absolute difference, 0-255): sensor noise and compression stay below ~3, a new item
+# or a moved one is well above.
+MIN_DIFFERENCE = 8.0
+THUMBNAIL = (32, 24)
+# The core's garbage_sorter.adapt.MIN_PHOTOS (importing it would import torch on the GUI thread).
+MIN_FRAMES = 16
+MAX_FRAMES = 150  # enough for stable statistics, and adaptation stays within seconds
+MAX_SIDE = 800  # larger frames are shrunk before saving: preprocessing resizes to ~256 anyway
+JPEG_QUALITY = 92
+
+
+def setting_key(source: CameraSource) -> str:
+    """A folder and settings name for a camera: its index and name, or a video file's path."""
+    if source.is_file:
+        path = Path(source.device).resolve()
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+        return f"video-{_slug(path.stem)}-{digest}"
+    return f"camera-{source.device}-{_slug(source.title)}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "unnamed"
+
+
+def adapted_model_path(setting: str) -> Path:
+    return setting_dir(setting) / MODEL_NAME
+
+
+def setting_of(model_path: str | os.PathLike[str] | None) -> str | None:
+    """The setting whose adapted model ``model_path`` is, or None for any other model."""
+    if not model_path:
+        return None
+    path = Path(model_path)
+    if path.name != MODEL_NAME:
+        return None
+    try:
+        if path.parent.parent.resolve() != settings_dir().resolve():
+            return None
+    except OSError:
+        return None
+    return path.parent.name
+
+
+class FrameCollector:
+    """Keeps the camera frames that differ from the last kept one; counts them all.
+
+    ``add`` runs on the GUI thread for every frame, so it only shrinks the frame to a 32x24
+    grey thumbnail (well under a millisecond) before deciding.
+    """
+
+    def __init__(self, min_difference: float = MIN_DIFFERENCE, max_frames: int = MAX_FRAMES):
+        self.min_difference = min_difference
+        self.max_frames = max_frames
+        self.frames: list[np.ndarray] = []
+        self.seen = 0
+        self._last: np.ndarray | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self.frames) >= self.max_frames
+
+    def add(self, frame: np.ndarray) -> bool:
+        """Offer a BGR frame; True if it was kept (different enough, and room left)."""
+        import cv2
+
+        self.seen += 1
+        if self.full:
+            return False
+        grey = cv2.cvtColor(
+            cv2.resize(frame, THUMBNAIL, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+        )
+        thumb = grey.astype(np.float32)
+        if self._last is not None and np.abs(thumb - self._last).mean() < self.min_difference:
+            return False
+        self._last = thumb
+        self.frames.append(frame.copy())  # the camera may reuse its buffer
+        return True
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback to stop a run at its next report."""
+
+
+def adapt_setting(
+    setting: str,
+    *,
+    base: str | None,
+    frames: Sequence[np.ndarray] | None = None,
+    progress: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Adapt ``base`` (None: the bundled model) to a setting and keep the result in its folder.
+
+    Args:
+        frames: new BGR frames of the setting; they replace its kept frames. None: adapt again
+            on the kept ones (after corrections).
+        progress: called with a line of text at each step.
+        should_stop: polled at each step; True ends the run with :class:`Cancelled`.
+
+    The setting's corrections, if any, are the labelled photos. Returns the core's adaptation
+    record. Raises :class:`Cancelled`, or :class:`garbage_sorter.adapt.AdaptError` for unusable
+    input; either way the setting's folder is as it was.
+    """
+    import cv2
+
+    from garbage_sorter.adapt import AdaptError, adapt
+
+    report = progress or (lambda message: None)
+    stop = should_stop or (lambda: False)
+
+    def check(message: str) -> None:
+        if stop():
+            raise Cancelled()
+        report(message)
+
+    folder = setting_dir(setting)
+    existed = folder.exists()
+    work = folder / f".adapting-{uuid.uuid4().hex[:8]}"
+    try:
+        work.mkdir(parents=True)
+        if frames is not None:
+            photos = work / FRAMES
+            photos.mkdir()
+            for i, frame in enumerate(frames):
+                check(f"saving frames {i + 1}/{len(frames)}")
+                scale = MAX_SIDE / max(frame.shape[:2])
+                if scale < 1:
+                    frame = cv2.resize(
+                        frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA
+                    )
+                if not cv2.imwrite(
+                    str(photos / f"{i:04d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+                ):
+                    raise OSError(f"could not write a frame in {photos}")
+        else:
+            photos = folder / FRAMES
+            if not photos.is_dir():
+                raise AdaptError("this camera has no kept frames: adapt to it first", 1)
+        corrections = setting_corrections_dir(setting)
+        labelled = corrections if count_corrections(corrections) else None
+        record = adapt(work / MODEL_NAME, [photos], base=base, labelled=labelled, progress=check)
+        check("keeping the adapted model")
+        # Everything is ready: move it in. The model last, so it never names frames it lacks.
+        if frames is not None:
+            old = folder / FRAMES
+            if old.exists():
+                old.rename(work / "old-frames")
+            photos.rename(old)
+        os.replace(work / MODEL_NAME, folder / MODEL_NAME)
+        return record
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not existed:
+            _remove_empty(folder)
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove ``folder`` and its parents up to the data folder while they are empty."""
+    stop_at = folder.parent.parent
+    with contextlib.suppress(OSError):
+        while folder != stop_at and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+
+
+class AdaptWorker(QThread):
+    """Runs :func:`adapt_setting` off the GUI thread.
+
+    Signals:
+        progress(str): each step of the run.
+        succeeded(dict): the adaptation record; the setting's ``model.pt`` is the new model.
+        cancelled(): stopped at the user's request; nothing changed.
+        failed(str): stopped by an error, with a message for the user; nothing changed.
+    """
+
+    progress = Signal(str)
+    succeeded = Signal(object)
+    cancelled = Signal()
+    failed = Signal(str)
+
+    def __init__(
+        self,
+        setting: str,
+        base: str | None,
+        frames: Sequence[np.ndarray] | None = None,
+        parent=None,
+    ):
+        super().__init__(parent)
+        self.setting, self.base, self.frames = setting, base, frames
+        self._stop = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the run to stop at its next step (within one batch of photos)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        from garbage_sorter.adapt import AdaptError
+
+        try:
+            record = adapt_setting(
+                self.setting,
+                base=self.base,
+                frames=self.frames,
+                progress=self.progress.emit,
+                should_stop=self._stop.is_set,
+            )
+        except Cancelled:
+            self.cancelled.emit()
+        except AdaptError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message for the window
+            traceback.print_exception(exc, file=sys.stderr)
+            self.failed.emit(f"Adapting stopped: {exc}")
+        else:
+            self.succeeded.emit(record)
+        finally:
+            self.frames = None  # the frames are on disk now (or not wanted): free them
