@@ -362,6 +362,7 @@ class AdaptDialog(QDialog):
     ):
         super().__init__(parent)
         self.setting, self.base, self.seconds, self.retrain = setting, base, seconds, retrain
+        self.title = title
         self.setWindowTitle(f"Retrain for {title}" if retrain else f"Adapt to {title}")
         self.setMinimumWidth(480)
         self.collector = FrameCollector()

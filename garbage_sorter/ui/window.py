@@ -901,11 +901,12 @@ class MainWindow(QMainWindow):
         self._adapting = None
 
     def _on_adapted(self, path: str, record: dict) -> None:
-        setting = self.sender().setting
-        if not self.sender().retrain:
-            self.settings.setValue(f"adapted/{setting}/title", self._camera_source.title)
+        dialog = self.sender()
+        setting = dialog.setting
+        self.settings.setValue(f"adapted/{setting}/title", dialog.title)
         self.settings.setValue(f"adapted/{setting}/use", True)
-        self.load_model(path)
+        if setting in (self._camera_setting(), setting_of(self.model_path)):
+            self.load_model(path)  # else the camera changed meanwhile: used when it is back
         labelled = record.get("labelled_photos", 0)
         self.notify(
             f"Adapted to {self._setting_title(setting)} from {record.get('unlabelled_photos', 0)} "
@@ -1044,6 +1045,8 @@ class MainWindow(QMainWindow):
             source_size=(frame.shape[1], frame.shape[0]),
             caption=f"{camera.source.title} · live",
         )
+        if self._adapting is not None and self._adapting.phase == "adapting":
+            return  # live answers pause: adapting needs both cores (and the user is waiting)
         if self.classifier is not None:
             self.inference.offer_frame(frame, self.isolate_action.isChecked())
 
