@@ -364,7 +364,7 @@ class AdaptDialog(QDialog):
         self.setting, self.base, self.seconds, self.retrain = setting, base, seconds, retrain
         self.title = title
         self.setWindowTitle(f"Retrain for {title}" if retrain else f"Adapt to {title}")
-        self.setMinimumWidth(480)
+        self.setMinimumWidth(520)
         self.collector = FrameCollector()
         self.worker: AdaptWorker | None = None
         self.phase = "ready"  # ready -> collecting -> adapting -> done | failed
@@ -411,6 +411,7 @@ class AdaptDialog(QDialog):
                 "as examples of each class."
             )
             self._start_worker(None)
+            self.adjustSize()
             return
         self.collector = FrameCollector()
         self.phase = "collecting"
@@ -424,6 +425,7 @@ class AdaptDialog(QDialog):
         self.stage.setText("Watching…")
         self._timer.start()
         self._show_buttons()
+        self.adjustSize()  # the dialog is already shown: fit the new text
 
     def offer_frame(self, frame) -> None:
         """A camera frame (BGR array), kept if different enough from the last kept one."""
@@ -471,6 +473,7 @@ class AdaptDialog(QDialog):
             "use until this is done."
         )
         self._start_worker(frames)
+        self.adjustSize()
 
     def _start_worker(self, frames) -> None:
         self.phase = "adapting"
