@@ -27,7 +27,7 @@ import numpy as np
 
 from .bins import Bin, Region, get_region
 from .images import ImageLoadError, load_image
-from .onnx_runtime import OnnxCheckpoint, load_onnx_checkpoint
+from .onnx_runtime import OnnxCheckpoint, load_onnx_checkpoint, run
 from .presets import EvalTransform
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ class Classifier:
         if self.engine == "onnxruntime":
             batch = np.stack([np.asarray(t, dtype=np.float32) for t in tensors])
             with self._lock:
-                return self.checkpoint.session.run(["logits"], {"input": batch})[0]
+                return run(self.checkpoint.session, ["logits"], {"input": batch})[0]
         import torch
 
         batch = torch.stack([torch.as_tensor(t) for t in tensors]).to(

@@ -97,6 +97,8 @@ def _linear_weights(n: int, size: int) -> np.ndarray:
 
 
 def _onnx_cam(classifier: Any, pil: Image.Image, target: str | None) -> tuple[np.ndarray, int]:
+    from .onnx_runtime import run
+
     if not classifier.checkpoint.has_cams:
         raise ExplainError(
             f"{classifier.name} was exported without class activation maps; export it again "
@@ -104,7 +106,7 @@ def _onnx_cam(classifier: Any, pil: Image.Image, target: str | None) -> tuple[np
         )
     x = classifier.transform.array(pil)[None]
     with classifier._lock:
-        logits, cams = classifier.checkpoint.session.run(["logits", "cams"], {"input": x})
+        logits, cams = run(classifier.checkpoint.session, ["logits", "cams"], {"input": x})
     index = int(logits[0].argmax()) if target is None else classifier.classes.index(target)
     return cams[0, index].astype(np.float64), index
 

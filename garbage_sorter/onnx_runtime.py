@@ -17,6 +17,7 @@ only to export and quantise, so classifying with ONNX Runtime never loads PyTorc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -109,7 +110,7 @@ def export_onnx(
     data = proto.SerializeToString()
     with torch.inference_mode():
         expected = [t.numpy() for t in model(sample)]
-    got = _session(data, threads=None).run(list(OUTPUTS), {"input": sample.numpy()})
+    got = run(_session(data, threads=None), OUTPUTS, {"input": sample.numpy()})
     for name, want, have in zip(OUTPUTS, expected, got, strict=True):
         error = float(np.abs(have - want).max())
         if error > atol * max(1.0, float(np.abs(want).max())):
@@ -428,6 +429,25 @@ def load_onnx_checkpoint(
     if len(ckpt.classes) < 2 or not ckpt.calibration.get("temperature", 1.0) > 0:
         raise CheckpointError(f"{path}: ONNX metadata has unusable classes or calibration")
     return ckpt
+
+
+def run(session, outputs: Sequence[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run`` with explicit run options.
+
+    Left to its default (``None``), onnxruntime 1.32's ``run`` now and then drops a reference to
+    Python's ``None`` that it never took; Python 3.11 counts references to ``None`` too, so a
+    process that runs the model for long enough (the app's camera loop, tens of runs a second)
+    dies with "deallocating None". With a ``RunOptions`` object no reference goes missing
+    (``tests/test_onnx.py``).
+    """
+    return session.run(list(outputs), feed, _run_options())
+
+
+@functools.cache
+def _run_options():
+    import onnxruntime as ort
+
+    return ort.RunOptions()
 
 
 def usable_cores() -> int:

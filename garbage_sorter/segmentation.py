@@ -251,6 +251,8 @@ class U2NetPIsolator:
         """The saliency map (HxW float32 in [0, 1]) at the image's size."""
         import cv2
 
+        from .onnx_runtime import run
+
         image = _rgb(image)
         # reducing_gap: a 12-megapixel photo is first shrunk cheaply, then filtered as rembg does.
         small = np.asarray(
@@ -258,7 +260,8 @@ class U2NetPIsolator:
         )
         x = small.astype(np.float32) / max(int(small.max()), 1)  # rembg divides by the max
         x = ((x - _U2_MEAN) / _U2_STD).transpose(2, 0, 1)[None]
-        out = self._session.run([self._output], {self._input: np.ascontiguousarray(x)})[0][0, 0]
+        feed = {self._input: np.ascontiguousarray(x)}
+        out = run(self._session, [self._output], feed)[0][0, 0]  # run options: see run()
         # rembg stretches the map to min..max; we keep the network's own sigmoid values so that a
         # photo with nothing salient (a close-up of cardboard) stays dark instead of amplified noise.
         out = np.clip(out, 0.0, 1.0).astype(np.float32)
