@@ -6,7 +6,7 @@ the held-out split.
 Paths, on the same checkpoint (default: the bundled model) and the same photos:
 
 - naive: ``PIL.Image.open``, torchvision ``Resize/CenterCrop/ToTensor/Normalize``, eager fp32;
-- project: ``Classifier`` on the checkpoint (JPEG draft decoding, numpy preprocessing);
+- project: ``Classifier`` on the checkpoint in PyTorch (JPEG draft decoding, numpy preprocessing);
 - onnx fp32 / onnx int8: ``Classifier`` on the checkpoint exported by ``garbage-sorter export
   --onnx [--int8]`` (int8 calibrated on 256 photos of the model's training split).
 
@@ -56,7 +56,7 @@ def main() -> int:
         int8 = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", args.calibration)
         paths = {
             "naive": naive_pipeline(Path(model)),
-            "project": scores(Classifier.load(model, device="cpu")),
+            "project": scores(Classifier.load(model, device="cpu", engine="pytorch")),
             "onnx fp32": scores(Classifier.load(fp32)),
             "onnx int8": scores(Classifier.load(int8)),
         }
