@@ -145,6 +145,13 @@ def test_adapt_to_a_camera_switch_remember_correct_retrain_and_go_back(
     again = camera_window(qtbot, open_window, tiny_model, bin_camera)
     qtbot.waitUntil(lambda: again.model_path == str(adapted_model_path(setting)), timeout=WAIT)
     assert again.original_model_action.isEnabled()
+    # Choosing another model for this camera (here Model > Open) is remembered too.
+    with qtbot.waitSignal(again.model_loaded, timeout=WAIT):
+        again.load_model(str(tiny_model), remember=True)
+    assert app_settings().value(f"adapted/{setting}/use", True, bool) is False
+    assert again.adapted_model_action.isEnabled()
+    again.adapted_model_action.trigger()
+    qtbot.waitUntil(lambda: again.model_path == str(adapted_model_path(setting)), timeout=WAIT)
     # Another camera does not: it gets the original model back.
     other = again.start_camera(parse_source(str(bin_camera.with_name("elsewhere.avi"))))
     assert isinstance(other, RecordingWorker)

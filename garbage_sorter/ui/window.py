@@ -395,6 +395,14 @@ class MainWindow(QMainWindow):
         card = classifier.checkpoint.card()
         setting = setting_of(self.model_path)
         name = f"adapted to {self._setting_title(setting)}" if setting else classifier.name
+        camera = self._camera_setting()
+        if (
+            camera
+            and setting != camera
+            and self.settings.value(f"adapted/{camera}/use", False, bool)
+        ):
+            # The user chose another model (Open, bundled, a retrain) for this camera.
+            self.settings.setValue(f"adapted/{camera}/use", False)
         self.status_model.setText(f"Model: {name} ({card['arch']})")
         self.status_model.setToolTip(self.model_path or "")
         self.status_device.setText(classifier.device.type.upper())
