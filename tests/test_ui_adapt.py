@@ -192,7 +192,9 @@ def test_cancel_while_collecting_or_adapting_changes_nothing(
     win.adapt_action.trigger()
     dialog = win._adapting
     qtbot.waitUntil(PausingWorker.paused.is_set, timeout=WAIT * 2)
-    qtbot.waitUntil(lambda: dialog.phase == "adapting", timeout=WAIT)
+    qtbot.waitUntil(lambda: dialog.stage.text().startswith("Measuring"), timeout=WAIT)
+    assert dialog.phase == "adapting" and 400 <= dialog.progress.value() < 1000
+    assert "Step 2 of 2" in dialog.heading.text() and dialog.cancel_button.isVisible()
     dialog.cancel_button.click()
     PausingWorker.release.set()
     qtbot.waitUntil(lambda: win._adapting is None, timeout=WAIT)
