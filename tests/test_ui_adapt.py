@@ -245,6 +245,9 @@ def test_frame_collector_skips_near_repeats(photos):
     ]
     assert kept == [True, False, False, True, True, False]  # the last: full
     assert collector.seen == 6 and len(collector.frames) == 3
+    big = FrameCollector()
+    assert big.add(cv2.resize(frames[0], (1920, 1080)))  # kept shrunk: 150 of them fit in memory
+    assert big.frames[0].shape == (360, 640, 3)
 
 
 def test_min_frames_is_the_cores():

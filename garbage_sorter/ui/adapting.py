@@ -48,7 +48,9 @@ THUMBNAIL = (32, 24)
 # The core's garbage_sorter.adapt.MIN_PHOTOS (importing it would import torch on the GUI thread).
 MIN_FRAMES = 16
 MAX_FRAMES = 150  # enough for stable statistics, and adaptation stays within seconds
-MAX_SIDE = 800  # larger frames are shrunk before saving: preprocessing resizes to ~256 anyway
+# Larger frames are shrunk when kept (preprocessing resizes them to ~256 px anyway): 150 full-HD
+# frames would hold 900 MB, 150 at 640x360 hold 100 MB.
+MAX_SIDE = 640
 JPEG_QUALITY = 92
 
 
@@ -116,7 +118,12 @@ class FrameCollector:
         if self._last is not None and np.abs(thumb - self._last).mean() < self.min_difference:
             return False
         self._last = thumb
-        self.frames.append(frame.copy())  # the camera may reuse its buffer
+        scale = MAX_SIDE / max(frame.shape[:2])
+        if scale < 1:
+            frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        else:
+            frame = frame.copy()  # the camera may reuse its buffer
+        self.frames.append(frame)
         return True
 
 
@@ -166,11 +173,6 @@ def adapt_setting(
             photos.mkdir()
             for i, frame in enumerate(frames):
                 check(f"saving frames {i + 1}/{len(frames)}")
-                scale = MAX_SIDE / max(frame.shape[:2])
-                if scale < 1:
-                    frame = cv2.resize(
-                        frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA
-                    )
                 if not cv2.imwrite(
                     str(photos / f"{i:04d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
                 ):
