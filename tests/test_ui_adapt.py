@@ -165,9 +165,10 @@ class PausingWorker(adapting.AdaptWorker):
     paused = threading.Event()
     release = threading.Event()
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def start(self) -> None:
+        # Connected last, after the dialog's slot: the dialog is told of the step first.
         self.progress.connect(self._hold, Qt.ConnectionType.DirectConnection)
+        super().start()
 
     def _hold(self, message: str) -> None:
         if message.startswith("measuring") and not self.paused.is_set():
