@@ -119,6 +119,11 @@ def test_adapt_to_a_camera_switch_remember_correct_retrain_and_go_back(
     assert count_corrections(setting_corrections_dir(setting)) == {"metal": 1}
     assert count_corrections() == {}
     assert win.notice.action_button.defaultAction() is win.retrain_setting_action
+    win._on_data_menu_about_to_show()
+    texts = [a.text() for a in win.data_menu.actions()]
+    assert (
+        "Your corrections: 0 photos" in texts and f"For Video {bin_camera.name}: 1 photo" in texts
+    )
 
     # Retrain with my corrections: the kept frames plus the correction make a new model.
     before = sha256(adapted_model_path(setting))

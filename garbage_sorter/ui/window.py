@@ -794,8 +794,16 @@ class MainWindow(QMainWindow):
         header.setEnabled(False)
         for label, n in counts.items():
             self.data_menu.addAction(f"    {label}: {n}").setEnabled(False)
+        setting = setting_of(self.model_path)
+        if setting:  # corrections made while a camera's adapted model is in use are kept apart
+            n = sum(count_corrections(setting_corrections_dir(setting)).values())
+            self.data_menu.addAction(
+                f"For {self._setting_title(setting)}: {n} photo{'s' if n != 1 else ''}"
+            ).setEnabled(False)
         self.data_menu.addSeparator()
         self.data_menu.addActions([self.data_folder_action, self.retrain_action])
+        if setting:
+            self.data_menu.addAction(self.retrain_setting_action)
 
     def _on_open_data_folder(self) -> None:
         folder = feedback_dir() if feedback_dir().is_dir() else data_dir()
