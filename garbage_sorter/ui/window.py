@@ -856,8 +856,9 @@ class MainWindow(QMainWindow):
         """The model in use, or the one it was adapted from (None: the bundled model)."""
         if self.classifier is None or setting_of(self.model_path) is None:
             return self.model_path
-        record = self.classifier.checkpoint.config.get("adaptation", {})
-        return record.get("base_model") or None
+        base = self.classifier.checkpoint.config.get("adaptation", {}).get("base_model")
+        # Gone (moved, or the package reinstalled elsewhere): the bundled model is the original.
+        return base if base and Path(base).is_file() else None
 
     def _follow_camera_setting(self) -> None:
         """Use the camera's adapted model if the user chose it, else not another camera's."""
