@@ -375,6 +375,11 @@ def _adapt(args: argparse.Namespace) -> int:
         f"{record['labelled_photos']} labelled photos (blend {record['alpha']:g} in {where}, "
         f"{record['head']} head; {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
     )
+    if not record["labelled_photos"]:
+        report(
+            "note: nothing checked this adaptation; a few labelled photos per class (--labelled) "
+            "let it keep the original model where adapting does not help"
+        )
     return 0
 
 
