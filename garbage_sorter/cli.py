@@ -1,4 +1,4 @@
-"""The ``garbage-sorter`` command: app (the default), classify, evaluate, web, train, export.
+"""The ``garbage-sorter`` command: app (the default), classify, evaluate, web, train, export, adapt.
 
 Exit status: 0 all went well, 1 some inputs failed (the rest still answered), 2 usage error.
 Bad input gets a one-line message, never a traceback.
