@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         help="TrainConfig fields for recipe full",
     )
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).absolute()  # split files written here must not hold relative paths
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GARBAGE_SORTER_CACHE_DIR", str(out / "cache"))
     folds = make_folds(Path(args.data), Path(args.split))
