@@ -41,13 +41,15 @@ from .camera import CameraSource
 MODEL_NAME = "model.pt"
 FRAMES = "frames"
 # A frame is kept when its small grey thumbnail differs from the last kept one by at least this
-# much (mean absolute difference, 0-255): sensor noise and compression stay below ~3, a new item
-# or a moved one is well above.
+# much (mean absolute difference, 0-255). On the test photos at 640x480: noise (sd 8) plus JPEG
+# at quality 70 moves it by at most 0.75, the same view shifted by 12 px by a median 4, another
+# photo by 26 or more.
 MIN_DIFFERENCE = 8.0
 THUMBNAIL = (32, 24)
 # The core's garbage_sorter.adapt.MIN_PHOTOS (importing it would import torch on the GUI thread).
 MIN_FRAMES = 16
-MAX_FRAMES = 150  # enough for stable statistics, and adaptation stays within seconds
+# A cap on memory and time: adapting to 150 took 26 s on 2 cores at load average 2 (BENCHMARKS.md).
+MAX_FRAMES = 150
 # Larger frames are shrunk when kept (preprocessing resizes them to ~256 px anyway): 150 full-HD
 # frames would hold 900 MB, 150 at 640x360 hold 100 MB.
 MAX_SIDE = 640
