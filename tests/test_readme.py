@@ -45,6 +45,7 @@ from garbage_sorter.cli import SUBCOMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+FIXTURE_PHOTOS = ROOT / "tests" / "fixtures" / "photos"
 SHELL_BLOCKS = ("bash", "sh", "shell", "console")
 INSTALL = re.compile(r"^(python3? -m venv|\. |source |(python3? -m )?pip3? install)")
 SUITE = re.compile(r"^python3? -m pytest\b")  # this very suite
@@ -164,6 +165,15 @@ def place(tmp_path_factory) -> dict:
     if SHARED_DATA.is_dir():
         _copy_few(SHARED_DATA / "trashnet", small / "trashnet", 4)
         _copy_few(SHARED_DATA / "realworld", small / "realworld", 2)
+    # The adapt example's folders: one setting's unlabelled photos (TrashNet++'s tiled floor) and
+    # a folder per class of corrections (the fixture photos, without their README).
+    kitchen = tmp / "kitchen-camera"
+    if SHARED_DATA.is_dir():
+        kitchen.mkdir()
+        for photo in sorted((SHARED_DATA / "realworld" / "trashnetpp").rglob("*.jpg"))[::40]:
+            shutil.copy(photo, kitchen / photo.name)
+    corrections = tmp / "corrections"
+    _copy_few(FIXTURE_PHOTOS, corrections, 3)
     home = tmp / "home"
     home.mkdir()
     env = dict(os.environ)
@@ -175,7 +185,15 @@ def place(tmp_path_factory) -> dict:
     )
     for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         env.pop(proxy, None)  # the web check talks to loopback
-    return {"clone": clone, "small": small, "env": env, "tmp": tmp, "runs": 0}
+    return {
+        "clone": clone,
+        "small": small,
+        "kitchen": kitchen,
+        "corrections": corrections,
+        "env": env,
+        "tmp": tmp,
+        "runs": 0,
+    }
 
 
 def _substituted(command: Command, place: dict) -> str | None:
@@ -183,7 +201,10 @@ def _substituted(command: Command, place: dict) -> str | None:
     shared data and this machine has none."""
     text = command.text
     uses_shared = (
-        "../shared/data" in text or "docs/model/split" in text or re.search(r"\bDIR\b", text)
+        "../shared/data" in text
+        or "docs/model/split" in text
+        or re.search(r"\bDIR\b", text)
+        or "photos-from-the-kitchen-camera/" in text
     )
     if uses_shared and not SHARED_DATA.is_dir():
         return None
@@ -191,6 +212,9 @@ def _substituted(command: Command, place: dict) -> str | None:
     text = text.replace("../shared/data/trashnet", str(small / "trashnet"))
     text = text.replace("../shared/data/realworld", str(small / "realworld"))
     text = re.sub(r"\bDIR\b", str(small / "trashnet"), text)
+    text = text.replace("photos-from-the-kitchen-camera/", str(place["kitchen"]))
+    text = text.replace("--labelled corrections/", f"--labelled {place['corrections']}")
+    text = text.replace("new-photo.jpg", str(FIXTURE_PHOTOS / "metal" / "metal1.jpg"))
     if re.search(r"\bRUN\b", text):
         place["runs"] += 1
         text = re.sub(r"\bRUN\b", str(place["tmp"] / f"run{place['runs']}"), text)
