@@ -229,6 +229,21 @@ def naive_model(checkpoint: Path):
     return ckpt.build(), transform
 
 
+def naive_pipeline(checkpoint: Path):
+    """PIL + torchvision transforms + eager fp32 model, as a fine-tuning tutorial writes it."""
+    import torch
+    from PIL import Image
+
+    model, transform = naive_model(checkpoint)
+
+    def predict(path: Path):
+        image = Image.open(path).convert("RGB")
+        with torch.no_grad():
+            return torch.softmax(model(transform(image).unsqueeze(0)), dim=1)[0].numpy()
+
+    return predict
+
+
 def speed_parser(description: str):
     """The options the CPU speed benchmarks share (architectures, threads, photos, int8
     calibration, the large-photo case, the work folder)."""

@@ -33,7 +33,7 @@ from common import (
     machine_line,
     make_checkpoint,
     median,
-    naive_model,
+    naive_pipeline,
     p95,
     photo_files,
     run_in_work_folder,
@@ -60,21 +60,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, default=REPO / "docs" / "model" / "split" / "test.txt")
     p.add_argument("--work", type=Path, help="folder for models and photos (default: temporary)")
     return p
-
-
-def naive_pipeline(checkpoint: Path):
-    """PIL + torchvision transforms + eager fp32 model, as a fine-tuning tutorial writes it."""
-    import torch
-    from PIL import Image
-
-    model, transform = naive_model(checkpoint)
-
-    def predict(path: Path):
-        image = Image.open(path).convert("RGB")
-        with torch.no_grad():
-            return torch.softmax(model(transform(image).unsqueeze(0)), dim=1)[0].numpy()
-
-    return predict
 
 
 def latency(args: argparse.Namespace, work: Path) -> list[str]:

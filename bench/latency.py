@@ -28,7 +28,7 @@ from common import (
     machine_line,
     make_checkpoint,
     median,
-    naive_model,
+    naive_pipeline,
     onnx_files,
     p95,
     photo_sets,
@@ -48,21 +48,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--distinct", type=int, default=20, help="different photos the calls cycle through"
     )
     return p
-
-
-def naive_pipeline(checkpoint_path: Path):
-    """PIL + torchvision transforms + eager fp32 model, as a fine-tuning tutorial writes it."""
-    import torch
-    from PIL import Image
-
-    model, transform = naive_model(checkpoint_path)
-
-    def predict(path: Path):
-        image = Image.open(path).convert("RGB")
-        with torch.no_grad():
-            return torch.softmax(model(transform(image).unsqueeze(0)), dim=1)[0].numpy()
-
-    return predict
 
 
 def run(args: argparse.Namespace, work: Path) -> str:

@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import REPO, command_line, machine_line, table
-from latency import naive_pipeline
+from common import REPO, command_line, machine_line, naive_pipeline, table
 
 
 def scores(classifier):
