@@ -226,6 +226,18 @@ def _substituted(command: Command, place: dict) -> str | None:
     return text
 
 
+def _run(text: str, place: dict) -> subprocess.CompletedProcess:
+    """Run one command to its end in the scratch checkout, as a user's shell would."""
+    return subprocess.run(
+        ["bash", "-c", text],
+        cwd=place["clone"],
+        env=place["env"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
 def _start(text: str, place: dict) -> subprocess.Popen:
     return subprocess.Popen(
         ["bash", "-c", f"exec {text}"],
@@ -323,14 +335,7 @@ def _run_without(kind: str, text: str, place: dict) -> str | None:
 
         if torch.cuda.is_available():
             return None
-    proc = subprocess.run(
-        ["bash", "-c", text],
-        cwd=place["clone"],
-        env=place["env"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    proc = _run(text, place)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, f"`{text}` succeeded without {kind}?\n{out}"
     said = r"internet|network|offline|could not be reached" if kind == "internet" else r"CUDA|GPU"
@@ -363,14 +368,7 @@ def test_readme_shell_block_runs_as_written(first_line, text, place):
         elif kind == "web":
             out = _run_web(shlex.split(runnable), runnable, place)
         else:
-            proc = subprocess.run(
-                ["bash", "-c", runnable],
-                cwd=place["clone"],
-                env=place["env"],
-                capture_output=True,
-                text=True,
-                timeout=TIMEOUT,
-            )
+            proc = _run(runnable, place)
             out = proc.stdout + proc.stderr
             assert proc.returncode == 0, f"README line {command.line}: `{command.text}`:\n{out}"
         assert "Traceback" not in out, f"README line {command.line}: `{command.text}`:\n{out}"
