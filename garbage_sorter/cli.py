@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -166,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _adapt(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`classify --json DIR | head -1`): stop quietly, as other Unix
+        # tools do, and point stdout at nothing so the interpreter's final flush cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the signal
     except _Failure as exc:
         print(f"garbage-sorter: {exc}", file=sys.stderr)
         return exc.status

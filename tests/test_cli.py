@@ -54,6 +54,21 @@ def test_classify_bad_file_corpus_answers_every_input(tiny_model):
             assert answers[name].get("label") in CLASSES, (name, answers[name])
 
 
+def test_classify_into_a_closed_pipe_stops_quietly(photos):
+    """`classify --json DIR | head -1`: when the reader has gone, no BrokenPipeError traceback."""
+    folder = photos[0].parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "garbage_sorter", "classify", "--json", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader goes away before the first answer is written
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 141
+
+
 def test_classify_table_and_exit_codes(tiny_model, photos, tmp_path):
     proc = run_cli("classify", "--model", str(tiny_model), str(photos[0]))
     assert proc.returncode == 0 and photos[0].name in proc.stdout and "1 classified" in proc.stdout
