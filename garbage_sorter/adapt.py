@@ -23,7 +23,6 @@ to one setting"). The result is a new checkpoint; the base file is never written
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from .archs import feature_map
 from .images import ImageLoadError, iter_image_paths, load_image
 from .model import Checkpoint, CheckpointError, head_name, load_checkpoint, save_checkpoint
 from .presets import EvalTransform
+from .storage import file_sha256
 
 MIN_PHOTOS = 16  # a floor, not a measured optimum: a batch of fewer gives noisy channel variances
 # (alpha, blocks): the blend weight of the setting's statistics and how many blocks after the
@@ -365,15 +365,6 @@ def adapt_model(
     return Adapted(model.eval(), calibration, choice)
 
 
-def file_hash(path: str | os.PathLike[str]) -> str:
-    """First 16 hex digits of the file's SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def adapt(
     out: str | os.PathLike[str],
     photos: Sequence[str | os.PathLike[str]] = (),
@@ -442,7 +433,7 @@ def adapt(
         },
         "unreadable_photos": read.unreadable,
         "base_model": str(base_path),
-        "base_sha256": file_hash(base_path),
+        "base_sha256": file_sha256(base_path)[:16],
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     half = any(

@@ -18,7 +18,6 @@ only to export and quantise, so classifying with ONNX Runtime never loads PyTorc
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
@@ -33,7 +32,7 @@ import numpy as np
 from .errors import CheckpointError
 from .images import ImageLoadError, iter_image_paths, load_image
 from .presets import EvalTransform, Preprocessing
-from .storage import atomic_write
+from .storage import atomic_write, file_sha256
 
 FORMAT = "garbage-sorter-onnx/1"
 METADATA_KEY = "garbage_sorter"
@@ -229,15 +228,6 @@ def _with_cams(model: Any, arch: str) -> Any:
             return logits, F.conv2d(fmap, self.head.weight[:, :, None, None])
 
     return LogitsAndCams().eval()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes, as stored in an export's ``source_sha256``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def quantize_int8(

@@ -9,6 +9,7 @@ torn mix, and a full disk fails before the old file is touched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -80,3 +81,12 @@ def atomic_save(path: str | os.PathLike[str], writer: Callable[[IO], None]) -> N
     """Call ``writer(handle)`` on a temporary binary file that atomically becomes ``path``."""
     with atomic_open(path, "wb") as handle:
         writer(handle)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (a model file need not fit twice in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
