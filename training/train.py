@@ -545,8 +545,81 @@ def main(
     """Run one training as ``config`` says. Raises ``Cancelled`` if ``should_stop()`` turns true.
 
     On cancel or failure the files already written (an earlier best checkpoint, the bundled
-    model) are untouched: every checkpoint is replaced atomically.
+    model) are untouched: every checkpoint is replaced atomically. The stages below run in this
+    order; under torchrun only rank 0 audits, evaluates and writes.
     """
+    run = start_run(config, on_progress, should_stop)
+    config = run.config
+    splits, classes = load_data(run)
+    arch, weights, ingredients = choose_model(run, classes)
+    model, prep = build_start_model(arch, weights, classes, run.log)
+
+    history: list[dict[str, Any]] = []
+    feats: dict[str, np.ndarray] = {}
+    ys: dict[str, np.ndarray] = {}
+    if config.mode == "head" or config.linear_probe_epochs > 0:
+        feats, ys, val_acc = linear_probe(run, model, arch, weights, prep, splits, classes)
+        history.append({"epoch": 0, "phase": "linear-probe", "val_acc": val_acc})
+    probe_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+
+    model = model.to(run.device, memory_format=torch.channels_last)
+    meta = dict(arch=arch, classes=classes, preprocessing=prep, config=config.to_dict())
+    epochs_run = 0
+    if config.mode == "full":
+        epochs_run, history, probe_state = fine_tune(
+            run, model, meta, splits, history=history, probe_state=probe_state
+        )
+    if run.rank != 0:
+        dist.barrier()
+        return RunResult(run.out, run.best_path, {})
+
+    if config.mode == "head":
+        save_checkpoint(
+            run.best_path, model, **meta, metrics={"history": history}, half=config.half_checkpoint
+        )
+    model = final_model(run, probe_state, ingredients)
+    calibration, metrics = calibrate_and_test(run, model, meta, splits, feats, ys, history)
+    metrics["epochs_run"] = epochs_run
+    save_result(run, model, meta, calibration, metrics)
+    if run.world > 1:
+        dist.barrier()
+    return RunResult(run.out, run.best_path, metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# The stages of main
+
+
+@dataclass
+class Run:
+    """Where and how one training runs: what every stage of :func:`main` reads."""
+
+    config: TrainConfig  # on resume, the config saved in the run folder
+    out: Path
+    rank: int  # this process under torchrun (0 when alone)
+    world: int
+    device: torch.device
+    ctx: Any  # bf16 autocast on a GPU, a null context on a CPU
+    report: ProgressFn
+    stop: Callable[[], bool]
+    log: Callable[[str], None]  # a "log" progress message, from rank 0 only
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+
+def start_run(
+    config: TrainConfig,
+    on_progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+) -> Run:
+    """Join the torchrun group if there is one, seed, make the run folder and choose the device
+    and precision, once."""
     report = on_progress or (lambda p: None)
     stop = should_stop or (lambda: False)
     rank, world = _distributed()
@@ -554,7 +627,14 @@ def main(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
+    config, out = run_folder(config, world)
+    device, ctx = choose_device(config)
+    return Run(config, out, rank, world, device, ctx, report, stop, log)
 
+
+def run_folder(config: TrainConfig, world: int) -> tuple[TrainConfig, Path]:
+    """The run's folder, created. On ``resume`` the config saved there replaces ``config``;
+    either way its ``out`` is set to the folder."""
     out = Path(config.out) if config.out else default_out_dir()
     if world > 1 and not config.out:
         raise ValueError("give --out when running under torchrun, so every process uses one folder")
@@ -566,7 +646,11 @@ def main(
         saved.resume, saved.out = True, str(out)
         config = saved
     config.out = str(out)
+    return config, out
 
+
+def choose_device(config: TrainConfig) -> tuple[torch.device, Any]:
+    """The device (this process's GPU under torchrun) and the precision context for it."""
     if config.device == "auto":
         device = torch.device(
             f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
@@ -579,15 +663,27 @@ def main(
         if device.type == "cuda"
         else contextlib.nullcontext()
     )
+    return device, ctx
 
-    report(Progress("audit", message="checking the data"))
-    splits, classes = prepare_data(config, out, log) if rank == 0 else (None, None)
-    if world > 1:
+
+def load_data(run: Run) -> tuple[dict, list[str]]:
+    """Rank 0 audits and splits the data (:func:`prepare_data`); the other processes wait, then
+    read the split it saved. Returns (splits, classes)."""
+    run.report(Progress("audit", message="checking the data"))
+    splits, classes = prepare_data(run.config, run.out, run.log) if run.rank == 0 else (None, None)
+    if run.world > 1:
         dist.barrier()
-        if rank != 0:
-            splits = D.load_split(out / "splits")
+        if run.rank != 0:
+            splits = D.load_split(run.out / "splits")
             classes = sorted({s.label for part in splits.values() for s in part})
-    arch, weights = resolve_model_choice(config, log)
+    return splits, classes
+
+
+def choose_model(run: Run, classes: list[str]) -> tuple[str, str, list[dict[str, torch.Tensor]]]:
+    """Settle the architecture and starting weights, refuse what cannot work before any
+    training, and save the resolved config. Returns (arch, weights, soup ingredients)."""
+    config = run.config
+    arch, weights = resolve_model_choice(config, run.log)
     if config.mode == "head" and weights == "none":
         raise ValueError(
             "head mode trains only the classifier on the backbone's features, and a randomly "
@@ -597,246 +693,361 @@ def main(
         )
     config.arch, config.weights = arch, weights
     ingredients = [_soup_ingredient(path, arch, classes) for path in config.soup]
-    if rank == 0 and not config.resume:
-        config.save(out / "config.json")
-    prep = default_preprocessing(arch)
-    if weights not in ("none", "imagenet"):
-        prep = load_checkpoint(weights).preprocessing
-    model = build_model(arch, len(classes), weights)
-    if weights not in ("none", "imagenet"):
-        start = load_checkpoint(weights)
-        if start.classes == classes:
-            # Same classes: continue from the whole model, head included, not just its backbone.
-            model.load_state_dict(
-                {k: v.float() if v.is_floating_point() else v for k, v in start.state_dict.items()}
-            )
-    log(f"Model: {arch}, weights {weights}, {len(classes)} classes: {', '.join(classes)}")
-    norm = normalizer(prep, device)
+    if run.rank == 0 and not config.resume:
+        config.save(run.out / "config.json")
+    return arch, weights, ingredients
 
-    eval_loader = lambda samples: torch.utils.data.DataLoader(  # noqa: E731
+
+def build_start_model(
+    arch: str, weights: str, classes: list[str], log: Callable[[str], None]
+) -> tuple[nn.Module, Preprocessing]:
+    """The network training starts from, and its preprocessing: a checkpoint's own, else the
+    architecture's default. A checkpoint for the same classes gives its head too."""
+    start = load_checkpoint(weights) if weights not in ("none", "imagenet") else None
+    prep = start.preprocessing if start is not None else default_preprocessing(arch)
+    model = build_model(arch, len(classes), weights)
+    if start is not None and start.classes == classes:
+        # Same classes: continue from the whole model, head included, not just its backbone.
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in start.state_dict.items()}
+        )
+    log(f"Model: {arch}, weights {weights}, {len(classes)} classes: {', '.join(classes)}")
+    return model, prep
+
+
+def linear_probe(
+    run: Run,
+    model: nn.Module,
+    arch: str,
+    weights: str,
+    prep: Preprocessing,
+    splits: dict,
+    classes: list[str],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """Fit the head alone on cached backbone features (head mode, or the probe of LP-FT) and
+    load it into ``model``. Returns (features, labels) per split and the validation accuracy.
+
+    Head mode also caches the test photos' features: calibration and the test report then run
+    the trained head on cached features instead of the whole network again.
+    """
+    config = run.config
+    model = model.to(run.device, memory_format=torch.channels_last)
+    model_key = _model_key(arch, weights, prep)
+    parts = ("train", "val", "test") if config.mode == "head" else ("train", "val")
+    every = [s for name in parts for s in splits[name]]
+    stacked = cached_features(
+        model, arch, model_key, every, prep, run.device, config.batch_size * 2, run.report, run.stop
+    )
+    bounds = np.cumsum([0] + [len(splits[name]) for name in parts])
+    feats = {name: stacked[bounds[k] : bounds[k + 1]] for k, name in enumerate(parts)}
+    index = {c: i for i, c in enumerate(classes)}
+    ys = {name: np.array([index[s.label] for s in splits[name]]) for name in parts}
+    w = np.array(D.balance_weights(splits["train"])) if config.balance else None
+    head, val_acc = fit_head(
+        feats["train"], ys["train"], feats["val"], ys["val"], len(classes), config, w
+    )
+    head_of(model, arch).load_state_dict(head.state_dict())
+    run.log(f"Linear head on cached features: validation accuracy {val_acc:.3f}")
+    return feats, ys, val_acc
+
+
+def fine_tune(
+    run: Run,
+    model: nn.Module,
+    meta: dict[str, Any],
+    splits: dict,
+    *,
+    history: list[dict[str, Any]],
+    probe_state: dict[str, torch.Tensor],
+) -> tuple[int, list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Train the network (less its frozen blocks) epoch by epoch with early stopping on the
+    validation score; ``best.pt`` is written on each improvement and ``last.pt``, with what
+    resuming needs, after every epoch. Returns (epochs run, history, the weights fine-tuning
+    began from), the last two as reloaded when resuming."""
+    config = run.config
+    arch, classes, prep = meta["arch"], meta["classes"], meta["preprocessing"]
+    teacher = load_teacher(run, classes) if config.teacher else None
+    loader, sampler = train_loader(run, splits["train"], classes, prep)
+    optimizer, frozen = make_optimizer(model, arch, config)
+    steps_per_epoch = len(loader)
+    scheduler = WarmupCosine(
+        optimizer,
+        steps_per_epoch * config.epochs,
+        int(steps_per_epoch * config.warmup_epochs),
+        config.lr_min / config.lr,
+    )
+    start_epoch, best_score = 0, -1.0
+    if config.resume:
+        start_epoch, best_score, history, probe_state = resume_training(
+            run, model, optimizer, scheduler, probe_state
+        )
+    net = model
+    if run.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
+    norm = normalizer(prep, run.device)
+    val_loader = eval_loader(splits["val"], classes, prep, config)
+    epochs_run, stale = start_epoch, 0
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        stats = train_one_epoch(
+            net,
+            loader,
+            optimizer,
+            scheduler,
+            device=run.device,
+            ctx=run.ctx,
+            norm=norm,
+            epoch=epoch,
+            epochs=config.epochs,
+            config=config,
+            teacher=teacher,
+            report=run.report if run.rank == 0 else (lambda p: None),
+            should_stop=run.stop,
+            step_offset=epoch * steps_per_epoch,
+            frozen=frozen,
+        )
+        epochs_run = epoch + 1
+        if run.rank == 0:
+            logits, targets = evaluate(model, val_loader, run.device, run.ctx, norm)
+            scores = score_by_source(logits, targets, splits["val"])
+            stats.update({f"val_{k}": v for k, v in scores.items()}, epoch=epoch)
+            history.append(stats)
+            improved = scores["score"] > best_score
+            if improved:
+                best_score = scores["score"]
+            train_state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best_score": best_score,
+                "history": history,
+                "probe_state": probe_state,
+            }
+            save_epoch(run, model, meta, history, improved, train_state)
+            stale = 0 if improved else stale + 1
+            report_epoch(run, epoch, stats, scores)
+        if stop_early(run, stale, epoch, steps_per_epoch):
+            break
+    return epochs_run, history, probe_state
+
+
+def load_teacher(run: Run, classes: list[str]) -> tuple[nn.Module, Callable, int]:
+    """The model to distil from, its normaliser and its input size; its classes must match."""
+    t_ckpt = load_checkpoint(run.config.teacher)
+    if t_ckpt.classes != classes:
+        raise CheckpointError(
+            f"{run.config.teacher}: teacher classes {t_ckpt.classes} differ from {classes}"
+        )
+    t_model = t_ckpt.build().to(run.device, memory_format=torch.channels_last)
+    run.log(f"Distilling from {run.config.teacher} ({t_ckpt.arch})")
+    return t_model, normalizer(t_ckpt.preprocessing, run.device), t_ckpt.preprocessing.crop
+
+
+def train_loader(
+    run: Run, samples: Sequence[D.Sample], classes: list[str], prep: Preprocessing
+) -> tuple[torch.utils.data.DataLoader, ShardedWeightedSampler]:
+    """Augmented training batches (unnormalised: the device normalises), drawn with the
+    balancing weights and dealt out by rank. Returns (loader, sampler)."""
+    config = run.config
+    background = None
+    if config.background_aug > 0:
+        from .backgrounds import BackgroundAugment
+
+        background = BackgroundAugment(p=config.background_aug, seed=config.seed)
+    transform = train_transform(prep, config.aug_strength, background=background, normalize=False)
+    train_set = SampleDataset(samples, classes, transform, prep.resize)
+    weights_vec = D.balance_weights(samples) if config.balance else [1.0] * len(train_set)
+    sampler = ShardedWeightedSampler(weights_vec, len(train_set), run.rank, run.world, config.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        drop_last=len(train_set) > config.batch_size,
+        persistent_workers=config.workers > 0,
+    )
+    return loader, sampler
+
+
+def eval_loader(
+    samples: Sequence[D.Sample], classes: list[str], prep: Preprocessing, config: TrainConfig
+) -> torch.utils.data.DataLoader:
+    """Batches of ``samples`` through the eval transform (unnormalised), in order."""
+    return torch.utils.data.DataLoader(
         SampleDataset(samples, classes, ToUnit(prep), prep.resize),
         batch_size=config.batch_size * 2,
         num_workers=config.workers,
     )
 
-    history: list[dict[str, Any]] = []
-    if config.mode == "head" or config.linear_probe_epochs > 0:
-        model = model.to(device, memory_format=torch.channels_last)
-        model_key = _model_key(arch, weights, prep)
-        # Head mode also caches the test photos' features: calibration and the test report then
-        # run the trained head on cached features instead of the whole network again.
-        parts = ("train", "val", "test") if config.mode == "head" else ("train", "val")
-        every = [s for name in parts for s in splits[name]]
-        stacked = cached_features(
-            model, arch, model_key, every, prep, device, config.batch_size * 2, report, stop
-        )
-        bounds = np.cumsum([0] + [len(splits[name]) for name in parts])
-        feats = {name: stacked[bounds[k] : bounds[k + 1]] for k, name in enumerate(parts)}
-        index = {c: i for i, c in enumerate(classes)}
-        ys = {name: np.array([index[s.label] for s in splits[name]]) for name in parts}
-        w = np.array(D.balance_weights(splits["train"])) if config.balance else None
-        head, val_acc = fit_head(
-            feats["train"], ys["train"], feats["val"], ys["val"], len(classes), config, w
-        )
-        head_of(model, arch).load_state_dict(head.state_dict())
-        log(f"Linear head on cached features: validation accuracy {val_acc:.3f}")
-        history.append({"epoch": 0, "phase": "linear-probe", "val_acc": val_acc})
-    probe_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
-    model = model.to(device, memory_format=torch.channels_last)
-    best_path, last_path = out / "best.pt", out / "last.pt"
-    meta = dict(arch=arch, classes=classes, preprocessing=prep, config=config.to_dict())
-    epochs_run, best_score, start_epoch = 0, -1.0, 0
+def make_optimizer(
+    model: nn.Module, arch: str, config: TrainConfig
+) -> tuple[torch.optim.Optimizer, list[nn.Module]]:
+    """Freeze the first ``freeze_blocks`` blocks; AdamW over the rest, the backbone at
+    ``backbone_lr_scale`` times the head's rate. Returns (optimizer, frozen modules)."""
+    frozen = frozen_modules(model, arch, config.freeze_blocks)
+    for module in frozen:
+        module.requires_grad_(False)
+    head_params = list(head_of(model, arch).parameters())
+    head_ids = {id(p) for p in head_params}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": backbone, "lr": config.lr * config.backbone_lr_scale},
+            {"params": head_params, "lr": config.lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    return optimizer, frozen
 
-    if config.mode == "full":
-        teacher = None
-        if config.teacher:
-            t_ckpt = load_checkpoint(config.teacher)
-            if t_ckpt.classes != classes:
-                raise CheckpointError(
-                    f"{config.teacher}: teacher classes {t_ckpt.classes} differ from {classes}"
-                )
-            t_model = t_ckpt.build().to(device, memory_format=torch.channels_last)
-            teacher = (t_model, normalizer(t_ckpt.preprocessing, device), t_ckpt.preprocessing.crop)
-            log(f"Distilling from {config.teacher} ({t_ckpt.arch})")
-        background = None
-        if config.background_aug > 0:
-            from .backgrounds import BackgroundAugment
 
-            background = BackgroundAugment(p=config.background_aug, seed=config.seed)
-        transform = train_transform(
-            prep, config.aug_strength, background=background, normalize=False
-        )
-        train_set = SampleDataset(splits["train"], classes, transform, prep.resize)
-        weights_vec = (
-            D.balance_weights(splits["train"]) if config.balance else [1.0] * len(train_set)
-        )
-        sampler = ShardedWeightedSampler(weights_vec, len(train_set), rank, world, config.seed)
-        loader = torch.utils.data.DataLoader(
-            train_set,
-            batch_size=config.batch_size,
-            sampler=sampler,
-            num_workers=config.workers,
-            drop_last=len(train_set) > config.batch_size,
-            persistent_workers=config.workers > 0,
-        )
-        frozen = frozen_modules(model, arch, config.freeze_blocks)
-        for module in frozen:
-            module.requires_grad_(False)
-        head_params = list(head_of(model, arch).parameters())
-        head_ids = {id(p) for p in head_params}
-        backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": backbone, "lr": config.lr * config.backbone_lr_scale},
-                {"params": head_params, "lr": config.lr},
-            ],
-            weight_decay=config.weight_decay,
-        )
-        steps_per_epoch = len(loader)
-        scheduler = WarmupCosine(
-            optimizer,
-            steps_per_epoch * config.epochs,
-            int(steps_per_epoch * config.warmup_epochs),
-            config.lr_min / config.lr,
-        )
-        if config.resume:
-            state = torch.load(last_path, map_location="cpu", weights_only=True)
-            model.load_state_dict(
-                {
-                    k: v.float() if v.is_floating_point() else v
-                    for k, v in state["state_dict"].items()
-                }
-            )
-            optimizer.load_state_dict(state["train_state"]["optimizer"])
-            scheduler.load_state_dict(state["train_state"]["scheduler"])
-            start_epoch = epochs_run = int(state["train_state"]["epoch"]) + 1
-            best_score = float(state["train_state"]["best_score"])
-            history = list(state["train_state"]["history"])
-            probe_state = state["train_state"].get("probe_state", probe_state)
-            log(f"Resuming after epoch {start_epoch} (best validation score {best_score:.3f})")
-        net = model
-        if world > 1:
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        val_loader = eval_loader(splits["val"])
-        stale = 0
-        for epoch in range(start_epoch, config.epochs):
-            sampler.set_epoch(epoch)
-            stats = train_one_epoch(
-                net,
-                loader,
-                optimizer,
-                scheduler,
-                device=device,
-                ctx=ctx,
-                norm=norm,
-                epoch=epoch,
-                epochs=config.epochs,
-                config=config,
-                teacher=teacher,
-                report=report if rank == 0 else (lambda p: None),
-                should_stop=stop,
-                step_offset=epoch * steps_per_epoch,
-                frozen=frozen,
-            )
-            epochs_run = epoch + 1
-            if rank == 0:
-                logits, targets = evaluate(model, val_loader, device, ctx, norm)
-                scores = score_by_source(logits, targets, splits["val"])
-                stats.update({f"val_{k}": v for k, v in scores.items()}, epoch=epoch)
-                history.append(stats)
-                improved = scores["score"] > best_score
-                if improved:
-                    best_score = scores["score"]
-                    save_checkpoint(
-                        best_path,
-                        model,
-                        **meta,
-                        metrics={"history": history},
-                        half=config.half_checkpoint,
-                    )
-                train_state = {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "best_score": best_score,
-                    "history": history,
-                    "probe_state": probe_state,
-                }
-                save_checkpoint(
-                    last_path,
-                    model,
-                    **meta,
-                    metrics={"history": history},
-                    extra={"train_state": train_state},
-                )
-                stale = 0 if improved else stale + 1
-                log(
-                    f"epoch {epoch + 1}/{config.epochs}: loss {stats['train_loss']:.3f}, "
-                    f"val acc {scores['acc']:.3f} (score {scores['score']:.3f}), "
-                    f"{stats['images_per_second']:.1f} img/s"
-                )
-                report(
-                    Progress(
-                        "evaluate",
-                        epoch=epoch,
-                        epochs=config.epochs,
-                        metrics=stats,
-                        message=f"epoch {epoch + 1}: validation accuracy {scores['acc']:.3f}",
-                    )
-                )
-            stop_now = torch.tensor([1 if (rank == 0 and stale >= config.patience) else 0])
-            if world > 1:
-                dist.broadcast(stop_now, 0)
-            if stop_now.item() or (
-                config.max_steps is not None and (epoch + 1) * steps_per_epoch >= config.max_steps
-            ):
-                log(
-                    "Stopping early: no validation improvement"
-                    if stale >= config.patience
-                    else "Step budget reached"
-                )
-                break
-    if rank != 0:
-        dist.barrier()
-        return RunResult(out, best_path, {})
+def resume_training(
+    run: Run,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: WarmupCosine,
+    probe_state: dict[str, torch.Tensor],
+) -> tuple[int, float, list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Reload the model, optimizer and schedule from ``last.pt``. Returns (the first epoch to
+    run, the best validation score so far, the history, the weights fine-tuning began from)."""
+    state = torch.load(run.last_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    )
+    train_state = state["train_state"]
+    optimizer.load_state_dict(train_state["optimizer"])
+    scheduler.load_state_dict(train_state["scheduler"])
+    start_epoch = int(train_state["epoch"]) + 1
+    best_score = float(train_state["best_score"])
+    run.log(f"Resuming after epoch {start_epoch} (best validation score {best_score:.3f})")
+    return (
+        start_epoch,
+        best_score,
+        list(train_state["history"]),
+        train_state.get("probe_state", probe_state),
+    )
 
-    if config.mode == "head":
+
+def save_epoch(
+    run: Run,
+    model: nn.Module,
+    meta: dict[str, Any],
+    history: list[dict[str, Any]],
+    improved: bool,
+    train_state: dict[str, Any],
+) -> None:
+    """``best.pt`` if the epoch improved the validation score; ``last.pt`` always, with the
+    optimizer's state to resume from (kept in full precision)."""
+    if improved:
         save_checkpoint(
-            best_path, model, **meta, metrics={"history": history}, half=config.half_checkpoint
+            run.best_path,
+            model,
+            **meta,
+            metrics={"history": history},
+            half=run.config.half_checkpoint,
         )
-    best = load_checkpoint(best_path)
-    model = best.build().to(device, memory_format=torch.channels_last)
+    save_checkpoint(
+        run.last_path,
+        model,
+        **meta,
+        metrics={"history": history},
+        extra={"train_state": train_state},
+    )
+
+
+def report_epoch(run: Run, epoch: int, stats: dict[str, Any], scores: dict[str, float]) -> None:
+    """One log line and one "evaluate" progress report for a finished epoch."""
+    epochs = run.config.epochs
+    run.log(
+        f"epoch {epoch + 1}/{epochs}: loss {stats['train_loss']:.3f}, "
+        f"val acc {scores['acc']:.3f} (score {scores['score']:.3f}), "
+        f"{stats['images_per_second']:.1f} img/s"
+    )
+    run.report(
+        Progress(
+            "evaluate",
+            epoch=epoch,
+            epochs=epochs,
+            metrics=stats,
+            message=f"epoch {epoch + 1}: validation accuracy {scores['acc']:.3f}",
+        )
+    )
+
+
+def stop_early(run: Run, stale: int, epoch: int, steps_per_epoch: int) -> bool:
+    """Whether training ends after ``epoch``: patience ran out (rank 0 decides, every process
+    follows) or the step budget is spent."""
+    config = run.config
+    stop_now = torch.tensor([1 if (run.rank == 0 and stale >= config.patience) else 0])
+    if run.world > 1:
+        dist.broadcast(stop_now, 0)
+    if stop_now.item() or (
+        config.max_steps is not None and (epoch + 1) * steps_per_epoch >= config.max_steps
+    ):
+        run.log(
+            "Stopping early: no validation improvement"
+            if stale >= config.patience
+            else "Step budget reached"
+        )
+        return True
+    return False
+
+
+def final_model(
+    run: Run, probe_state: dict[str, torch.Tensor], ingredients: list[dict[str, torch.Tensor]]
+) -> nn.Module:
+    """The best checkpoint, averaged with the starting weights (WiSE-FT, ``wise_alpha`` < 1)
+    and with the soup's ingredients if asked."""
+    config = run.config
+    model = load_checkpoint(run.best_path).build().to(run.device, memory_format=torch.channels_last)
     if config.mode == "full" and config.wise_alpha < 1.0:
         model = _wise(model, probe_state, config.wise_alpha).to(
-            device, memory_format=torch.channels_last
+            run.device, memory_format=torch.channels_last
         )
         start = "linear-probe" if config.linear_probe_epochs else "starting"
-        log(f"WiSE-FT: averaged fine-tuned and {start} weights with alpha {config.wise_alpha}")
+        run.log(f"WiSE-FT: averaged fine-tuned and {start} weights with alpha {config.wise_alpha}")
     if ingredients:
-        model = _soup(model, ingredients).to(device, memory_format=torch.channels_last)
-        log(f"Model soup: averaged the final weights with {', '.join(config.soup)}")
+        model = _soup(model, ingredients).to(run.device, memory_format=torch.channels_last)
+        run.log(f"Model soup: averaged the final weights with {', '.join(config.soup)}")
+    return model
 
-    report(Progress("calibrate", message="calibrating confidences"))
+
+def calibrate_and_test(
+    run: Run,
+    model: nn.Module,
+    meta: dict[str, Any],
+    splits: dict,
+    feats: dict[str, np.ndarray],
+    ys: dict[str, np.ndarray],
+    history: list[dict[str, Any]],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit the confidence calibration on the validation split, score the test split and write
+    the reports. Returns (calibration, metrics)."""
+    run.report(Progress("calibrate", message="calibrating confidences"))
     from .report import calibrate, write_reports
+
+    config = run.config
+    arch, classes, prep = meta["arch"], meta["classes"], meta["preprocessing"]
+    norm = normalizer(prep, run.device)
 
     def logits_of(part: str) -> tuple[np.ndarray, np.ndarray]:
         if config.mode == "head":  # the saved head on the cached features of the same photos
             with torch.inference_mode():
-                x = torch.from_numpy(feats[part]).to(device)
+                x = torch.from_numpy(feats[part]).to(run.device)
                 return head_of(model, arch)(x).float().cpu().numpy(), ys[part]
-        return evaluate(model, eval_loader(splits[part]), device, ctx, norm)
+        loader = eval_loader(splits[part], classes, prep, config)
+        return evaluate(model, loader, run.device, run.ctx, norm)
 
     val_logits, val_targets = logits_of("val")
     calibration = calibrate(val_logits, val_targets, config.target_precision)
     if not config.calibrate:
         calibration.update(temperature=1.0, threshold=0.0)
-    report(Progress("evaluate", message="testing on the held-out split"))
+    run.report(Progress("evaluate", message="testing on the held-out split"))
     test_logits, test_targets = logits_of("test")
     metrics = write_reports(
-        out,
+        run.out,
         classes,
         test_logits,
         test_targets,
@@ -847,20 +1058,30 @@ def main(
         val_targets,
         splits["val"],
     )
-    metrics["epochs_run"] = epochs_run
+    return calibration, metrics
+
+
+def save_result(
+    run: Run,
+    model: nn.Module,
+    meta: dict[str, Any],
+    calibration: dict[str, float],
+    metrics: dict[str, Any],
+) -> None:
+    """The final ``best.pt`` (calibration and metrics included) and ``metrics.json``, then the
+    "done" report."""
     save_checkpoint(
-        best_path,
+        run.best_path,
         model,
         **meta,
         calibration=calibration,
         metrics=metrics,
-        half=config.half_checkpoint,
+        half=run.config.half_checkpoint,
     )
-    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    report(Progress("done", message=f"test accuracy {metrics['test']['acc']:.3f}", metrics=metrics))
-    if world > 1:
-        dist.barrier()
-    return RunResult(out, best_path, metrics)
+    atomic_write(run.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    run.report(
+        Progress("done", message=f"test accuracy {metrics['test']['acc']:.3f}", metrics=metrics)
+    )
 
 
 class ShardedWeightedSampler(torch.utils.data.Sampler):
