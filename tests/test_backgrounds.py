@@ -14,6 +14,7 @@ from garbage_sorter.training.backgrounds import (
     composite,
     heldout_wood,
     make_background,
+    smart_bin_set,
     white_background_mask,
 )
 from PIL import Image
@@ -118,3 +119,22 @@ def test_background_augment_leaves_other_photos_alone():
         assert augment(image) is image
     image = Image.open(PHOTOS / ON_BOARD)
     assert BackgroundAugment(p=0.0, seed=0)(image) is image
+
+
+def test_smart_bin_set_is_one_dark_blue_camera():
+    photos = [_rgb(ON_BOARD), _rgb("metal/metal1.jpg")]
+    out = smart_bin_set(photos, seed=3, size=(320, 240))
+    assert [o.shape for o in out] == [(240, 320, 3)] * 2 and out[0].dtype == np.uint8
+    again = smart_bin_set(photos, seed=3, size=(320, 240))
+    assert all(np.array_equal(a, b) for a, b in zip(out, again, strict=True))
+    assert not np.array_equal(out[0], smart_bin_set(photos[:1], seed=4, size=(320, 240))[0])
+    # One camera: a photo looks the same whichever set (or half of a set) it is in.
+    assert np.array_equal(smart_bin_set(photos[1:], seed=3, size=(320, 240))[0], out[1])
+    for src, img in zip(photos, out, strict=True):
+        r, g, b = img.reshape(-1, 3).mean(0)
+        assert b > 1.5 * g and g > r  # a strong blue LED
+        assert img.mean() < 0.5 * src.mean()  # inside a dark bin
+        assert _corners(img).mean() < 25  # the bin's dark walls around the shelf
+        h, w = img.shape[:2]
+        shelf = img[h // 4 : h * 3 // 4, w // 3 : w * 2 // 3, 2]
+        assert shelf.mean() > 3 * _corners(img)[:, 2].mean()  # the lit white shelf
