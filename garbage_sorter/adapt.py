@@ -450,5 +450,8 @@ def adapt(
         config={**checkpoint.config, "adaptation": record},
         metrics={"adaptation": record},
         half=half,
+        # The base's reference still holds: the adapted statistics normalise the setting's
+        # photos towards the training ones, which is what makes the setting familiar.
+        familiarity=checkpoint.familiarity,
     )
     return record

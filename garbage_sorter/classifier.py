@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 BUNDLED_MODEL = "garbage_sorter.pt"
 UNSURE_MESSAGE = "Not sure: try closer, another angle, or better light."
+UNFAMILIAR_MESSAGE = (
+    "Not sure: this looks unlike the photos the model learnt from (light, camera?)."
+)
 ENGINES = ("auto", "onnxruntime", "pytorch")
 
 
@@ -91,6 +94,11 @@ class Prediction:
     seconds: float
     uncertain: bool = False
     region: str = "default"
+    # The photo looks unlike the model's training photos (familiarity.py): then ``uncertain``
+    # too, however confident the softmax. ``shift`` is the score (> 1: unfamiliar), None when
+    # the model carries no familiarity reference.
+    unfamiliar: bool = False
+    shift: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
@@ -106,6 +114,8 @@ class Prediction:
             "bin": {"name": self.bin.name, "colour": self.bin.colour, "note": self.bin.note},
             "crop_box": list(self.crop_box) if self.crop_box else None,
             "uncertain": self.uncertain,
+            "unfamiliar": self.unfamiliar,
+            "shift": None if self.shift is None else round(self.shift, 3),
             "seconds": round(self.seconds, 4),
         }
 
@@ -141,6 +151,8 @@ class Classifier:
             self.dtype = np.float32
             self.model = None
             self._preprocess = self.transform.array
+            self._scorer = None
+            self._onnx_shift = "shift" in {o.name for o in checkpoint.session.get_outputs()}
             return
         import torch
 
@@ -151,6 +163,12 @@ class Classifier:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype, memory_format=torch.channels_last).eval()
         self._preprocess = self.transform
+        self._scorer = None
+        if checkpoint.familiarity is not None:
+            from .familiarity import ShiftScore
+
+            scorer = ShiftScore(self.model, checkpoint.arch, checkpoint.familiarity)
+            self._scorer = scorer.to(self.device).eval()
 
     @classmethod
     def load(
@@ -226,12 +244,11 @@ class Classifier:
             t0 = time.perf_counter()
             pils, boxes = zip(*(self._prepare(im, crop, channels) for im in chunk), strict=True)
             tensors = [self._preprocess(p) for p in pils]
-            probs = self.probabilities(tensors)
-            if tta:
-                probs = (probs + self.probabilities([_mirror(t) for t in tensors])) / 2
+            probs, shifts = self.scores(tensors, tta=tta)
             each = (time.perf_counter() - t0) / len(chunk)
             predictions += [
-                self._prediction(p, box, each) for p, box in zip(probs, boxes, strict=True)
+                self._prediction(p, box, each, s)
+                for p, box, s in zip(probs, boxes, shifts, strict=True)
             ]
         return predictions
 
@@ -272,36 +289,64 @@ class Classifier:
                 loaded = [item for item in items if not isinstance(item, ImageLoadError)]
                 if loaded:
                     tensors, boxes = zip(*loaded, strict=True)
-                    probs = self.probabilities(tensors)
-                    if tta:
-                        probs = (probs + self.probabilities([_mirror(t) for t in tensors])) / 2
+                    probs, shifts = self.scores(tensors, tta=tta)
                     each = (time.perf_counter() - t0) / len(loaded)
-                    done = (self._prediction(p, b, each) for p, b in zip(probs, boxes, strict=True))
+                    done = (
+                        self._prediction(p, b, each, s)
+                        for p, b, s in zip(probs, boxes, shifts, strict=True)
+                    )
                 for item in items:
                     yield item if isinstance(item, ImageLoadError) else next(done)
+
+    @property
+    def has_familiarity(self) -> bool:
+        """Whether predictions carry a shift score (the model has a familiarity reference)."""
+        if self.engine == "onnxruntime":
+            return self._onnx_shift
+        return self._scorer is not None
 
     def probabilities(self, tensors: Sequence[Any]) -> np.ndarray:
         """Calibrated class probabilities for preprocessed inputs (``transform`` tensors or
         ``transform.array`` arrays), shape (N, classes)."""
-        logits = self.logits(tensors)
+        return self._softmax(self.logits(tensors))
+
+    def scores(self, tensors: Sequence[Any], *, tta: bool = False) -> tuple[np.ndarray, list]:
+        """Calibrated probabilities (N, classes) and each input's shift score (None without a
+        familiarity reference); ``tta`` averages the probabilities with the mirror images'."""
+        logits, shifts = self._forward(tensors, shift=True)
+        probs = self._softmax(logits)
+        if tta:
+            probs = (probs + self.probabilities([_mirror(t) for t in tensors])) / 2
+        return probs, [None] * len(probs) if shifts is None else [float(v) for v in shifts]
+
+    def logits(self, tensors: Sequence[Any]) -> np.ndarray:
+        """The network's raw scores for preprocessed inputs, float32 (N, classes)."""
+        return self._forward(tensors, shift=False)[0]
+
+    def _softmax(self, logits: np.ndarray) -> np.ndarray:
         scaled = logits / self.temperature
         scaled -= scaled.max(axis=1, keepdims=True)
         exp = np.exp(scaled)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def logits(self, tensors: Sequence[Any]) -> np.ndarray:
-        """The network's raw scores for preprocessed inputs, float32 (N, classes)."""
+    def _forward(self, tensors: Sequence[Any], shift: bool) -> tuple[np.ndarray, Any]:
+        """(logits, shift scores or None)."""
         if self.engine == "onnxruntime":
             batch = np.stack([np.asarray(t, dtype=np.float32) for t in tensors])
+            names = ["logits", "shift"] if shift and self.has_familiarity else ["logits"]
             with self._lock:
-                return run(self.checkpoint.session, ["logits"], {"input": batch})[0]
+                out = run(self.checkpoint.session, names, {"input": batch})
+            return out[0], out[1] if len(out) > 1 else None
         import torch
 
         batch = torch.stack([torch.as_tensor(t) for t in tensors]).to(
             self.device, self.dtype, memory_format=torch.channels_last
         )
         with self._lock, torch.inference_mode():
-            return self.model(batch).float().cpu().numpy()
+            if shift and self._scorer is not None:
+                logits, shifts = self._scorer(batch)
+                return logits.float().cpu().numpy(), shifts.float().cpu().numpy()
+            return self.model(batch).float().cpu().numpy(), None
 
     def _prepare(self, image: Any, crop: bool | None, channels: str):
         pil = load_image(image, channels=channels, draft=self.checkpoint.preprocessing.resize)
@@ -314,8 +359,11 @@ class Classifier:
         box = get_isolator(backend).isolate(pil).box
         return (apply_box(pil, box) if box else pil), box
 
-    def _prediction(self, probs: np.ndarray, box, seconds: float) -> Prediction:
+    def _prediction(
+        self, probs: np.ndarray, box, seconds: float, shift: float | None = None
+    ) -> Prediction:
         best = int(np.argmax(probs))
+        unfamiliar = shift is not None and shift > 1.0
         label = self.classes[best]
         confidence = float(probs[best])
         return Prediction(
@@ -325,8 +373,10 @@ class Classifier:
             bin=self.region.bin_for(label),
             crop_box=tuple(int(v) for v in box) if box else None,
             seconds=seconds,
-            uncertain=confidence < self.threshold,
+            uncertain=confidence < self.threshold or unfamiliar,
             region=self.region.id,
+            unfamiliar=unfamiliar,
+            shift=shift,
         )
 
 

@@ -267,7 +267,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _emit(path: Path, result, as_json: bool, rows: list) -> None:
-    from .classifier import UNSURE_MESSAGE, Prediction
+    from .classifier import UNFAMILIAR_MESSAGE, UNSURE_MESSAGE, Prediction
 
     if isinstance(result, Prediction):
         if as_json:
@@ -285,6 +285,8 @@ def _emit(path: Path, result, as_json: bool, rows: list) -> None:
                                 "bin",
                                 "crop_box",
                                 "uncertain",
+                                "unfamiliar",
+                                "shift",
                             )
                         },
                     }
@@ -294,6 +296,8 @@ def _emit(path: Path, result, as_json: bool, rows: list) -> None:
         else:
             label = f"{result.label}?" if result.uncertain else result.label
             where = UNSURE_MESSAGE if result.uncertain else f"{result.bin.name}"
+            if result.unfamiliar:
+                where = UNFAMILIAR_MESSAGE
             rows.append((str(path), label, f"{result.confidence:.0%}", where))
     else:
         if as_json:

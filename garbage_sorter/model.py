@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors, strings, numbers, lists and dicts, written wi
 ``torch.save`` and read back with ``torch.load(weights_only=True)``: no pickled code runs when a
 model is opened, so a malicious file is refused, not executed. It carries everything needed to
 rebuild and use the model without the training code: architecture, class names, preprocessing,
-calibration, the training config, metrics and library versions.
+calibration, the training config, metrics and library versions, and the familiarity reference
+that tells a photo unlike the training photos (``familiarity.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 from .archs import ARCHS, LITE_PARAMS, EfficientNetLite, imagenet_weights_file
 from .errors import CheckpointError
+from .familiarity import check_record
 from .presets import Preprocessing
 from .storage import atomic_save
 
@@ -103,6 +105,7 @@ class Checkpoint:
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     path: str | None = None
+    familiarity: dict[str, Any] | None = None  # see familiarity.py; None: no shift score
 
     def build(self) -> nn.Module:
         """The network with these weights, in eval mode, in float32 on the CPU."""
@@ -130,6 +133,7 @@ class Checkpoint:
             "versions": self.versions,
             "config": self.config,
             "path": self.path,
+            "familiarity": _familiarity_card(self.familiarity),
         }
 
 
@@ -144,9 +148,14 @@ def save_checkpoint(
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     half: bool = False,
+    familiarity: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint atomically; ``half`` stores floating weights in fp16 (half the size)."""
+    """Write a checkpoint atomically; ``half`` stores floating weights in fp16 (half the size).
+
+    ``familiarity``: the reference the shift score is measured against (familiarity.py), kept
+    in float32 whatever ``half`` says.
+    """
     import torchvision
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -167,6 +176,7 @@ def save_checkpoint(
             "python": platform.python_version(),
         },
         "state_dict": state,
+        **({"familiarity": familiarity} if familiarity is not None else {}),
         **(extra or {}),
     }
     # Serialise in memory first: torch.save turns a failing write (a full disk) into an opaque
@@ -250,6 +260,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(
             f"{name}: the model's head does not match its {len(ckpt.classes)} classes"
         )
+    if data.get("familiarity") is not None:
+        try:
+            ckpt.familiarity = check_record(data["familiarity"], ckpt.arch)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{name}: unusable familiarity reference ({exc})") from None
     ckpt.calibration.setdefault("temperature", 1.0)
     ckpt.calibration.setdefault("threshold", 0.0)
     if not ckpt.calibration["temperature"] > 0:
@@ -257,6 +272,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not all(math.isfinite(v) for v in ckpt.calibration.values()):
         raise CheckpointError(f"{name}: calibration values must be finite numbers")
     return ckpt
+
+
+def _familiarity_card(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The familiarity reference without its tensors."""
+    if record is None:
+        return None
+    return {k: v for k, v in record.items() if k not in ("mean", "whiten")}
 
 
 def _plain(value: Any) -> Any:

@@ -10,6 +10,8 @@ model ships its export beside the ``.pt``: ``Classifier.load()`` serves it with 
 Besides the logits the graph outputs ``cams``, each class's activation map over the last feature
 map (the head's weights applied at every position before pooling). For a linear head over global
 average pooling that is Grad-CAM without gradients, so the "why?" heatmap needs no PyTorch.
+A checkpoint with a familiarity reference adds ``shift``, each photo's shift score
+(``familiarity.py``: above 1, the photo looks unlike the training photos).
 
 Running needs only ``onnxruntime``, numpy and Pillow: this module imports torch (and ``onnx``)
 only to export and quantise, so classifying with ONNX Runtime never loads PyTorch.
@@ -37,7 +39,7 @@ from .storage import atomic_write, file_sha256
 FORMAT = "garbage-sorter-onnx/1"
 METADATA_KEY = "garbage_sorter"
 OPSET = 17
-OUTPUTS = ("logits", "cams")
+OUTPUTS = ("logits", "cams")  # and "shift" when the checkpoint has a familiarity reference
 CALIBRATION_PHOTOS = 256
 
 
@@ -68,7 +70,8 @@ def export_onnx(
     else:  # a path, or a checkpoint served by ONNX Runtime: export from its .pt file
         ckpt = load_checkpoint(getattr(checkpoint, "path", checkpoint))
     size = ckpt.preprocessing.crop
-    model = _with_cams(_fixed_padding(ckpt.build(), size), ckpt.arch)
+    model = _with_cams(_fixed_padding(ckpt.build(), size), ckpt.arch, ckpt.familiarity)
+    outputs = (*OUTPUTS, "shift") if ckpt.familiarity is not None else OUTPUTS
     sample = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -84,8 +87,8 @@ def export_onnx(
             dynamo=False,
             opset_version=OPSET,
             input_names=["input"],
-            output_names=list(OUTPUTS),
-            dynamic_axes={name: {0: "batch"} for name in ("input", *OUTPUTS)},
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"} for name in ("input", *outputs)},
         )
     proto = _simplified(buffer.getvalue())
     source = Path(ckpt.path) if ckpt.path else None
@@ -102,15 +105,15 @@ def export_onnx(
             "versions": dict(ckpt.versions),
             "source": source.name if source else None,
             "source_sha256": file_sha256(source) if source and source.is_file() else None,
-            "outputs": list(OUTPUTS),
+            "outputs": list(outputs),
             "quantization": None,
         },
     )
     data = proto.SerializeToString()
     with torch.inference_mode():
         expected = [t.numpy() for t in model(sample)]
-    got = run(_session(data, threads=None), OUTPUTS, {"input": sample.numpy()})
-    for name, want, have in zip(OUTPUTS, expected, got, strict=True):
+    got = run(_session(data, threads=None), outputs, {"input": sample.numpy()})
+    for name, want, have in zip(outputs, expected, got, strict=True):
         error = float(np.abs(have - want).max())
         if error > atol * max(1.0, float(np.abs(want).max())):
             raise RuntimeError(
@@ -207,13 +210,15 @@ def _fixed_padding(model: Any, size: int) -> Any:
     return model
 
 
-def _with_cams(model: Any, arch: str) -> Any:
+def _with_cams(model: Any, arch: str, familiarity: dict[str, Any] | None = None) -> Any:
     """``model`` with a second output: the head applied at every position of the last feature
-    map, (N, classes, h, w). Its spatial mean plus the bias is the logits."""
+    map, (N, classes, h, w). Its spatial mean plus the bias is the logits. With a
+    ``familiarity`` reference, a third: the shift score (N,)."""
     import torch
     from torch.nn import functional as F
 
     from .archs import feature_map
+    from .familiarity import ShiftScore
     from .model import head_name
 
     class LogitsAndCams(torch.nn.Module):
@@ -221,11 +226,18 @@ def _with_cams(model: Any, arch: str) -> Any:
             super().__init__()
             self.net = model
             self.head = getattr(model, head_name(arch))
+            self.shift = ShiftScore(model, arch, familiarity) if familiarity else None
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            fmap = feature_map(self.net, arch, x)
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if self.shift is None:
+                fmap = feature_map(self.net, arch, x)
+            else:
+                fmap, style = self.shift.style.collect(lambda t: feature_map(self.net, arch, t), x)
             logits = self.head(fmap.mean((2, 3)))
-            return logits, F.conv2d(fmap, self.head.weight[:, :, None, None])
+            cams = F.conv2d(fmap, self.head.weight[:, :, None, None])
+            if self.shift is None:
+                return logits, cams
+            return logits, cams, self.shift.score(style)
 
     return LogitsAndCams().eval()
 
