@@ -209,6 +209,48 @@ def test_soup_averages_the_final_weights_with_other_checkpoints(tiny_dataset, ti
     assert souped.calibration["temperature"] > 0  # calibrated after averaging
 
 
+def test_linear_probe_then_distilled_fine_tune_then_wise_ft(tiny_dataset, tiny_model, tmp_path):
+    """LP-FT with a teacher and WiSE-FT through ``main``: the probe fits the head first, the
+    epoch distils from the teacher, and the final weights are the mean of the probe's and the
+    fine-tuned ones."""
+    import torch
+
+    out, events = tmp_path / "lpft", []
+    result = main(
+        TrainConfig(
+            data=[str(tiny_dataset)],
+            arch="efficientnet_lite0",
+            weights=str(tiny_model),
+            epochs=1,
+            batch_size=4,
+            freeze_blocks=8,
+            workers=0,
+            linear_probe_epochs=1,
+            teacher=str(tiny_model),
+            wise_alpha=0.5,
+            out=str(out),
+        ),
+        events.append,
+    )
+    logs = "\n".join(e.message for e in events if e.stage == "log")
+    assert "Linear head on cached features" in logs
+    assert f"Distilling from {tiny_model}" in logs
+    assert "WiSE-FT: averaged fine-tuned and linear-probe weights with alpha 0.5" in logs
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["phase"] == "linear-probe" and "train_loss" in history[1]
+    last = torch.load(out / "last.pt", weights_only=True)
+    trained, probe = last["state_dict"], last["train_state"]["probe_state"]
+    start = load_checkpoint(tiny_model).state_dict
+    head = "_fc.weight"
+    assert not torch.equal(probe[head], start[head].float())  # the probe fitted a new head
+    assert not torch.equal(trained[head], probe[head])  # and the epoch moved it again
+    final = load_checkpoint(result.best)
+    for key in (head, "_blocks.15._bn1.running_mean"):  # a weight and a buffer, both trained
+        mean = (trained[key].float() + probe[key].float()) / 2
+        torch.testing.assert_close(final.state_dict[key].float(), mean, atol=2e-3, rtol=2e-3)
+    assert final.calibration["temperature"] > 0
+
+
 def test_soup_of_another_architecture_is_refused_before_training(
     tiny_dataset, tiny_model, tmp_path
 ):
