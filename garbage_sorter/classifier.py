@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -118,6 +119,30 @@ class Prediction:
             "shift": None if self.shift is None else round(self.shift, 3),
             "seconds": round(self.seconds, 4),
         }
+
+
+class StreamFamiliarity:
+    """Whether a camera looks unfamiliar to the model, from its recent frames' shift scores.
+
+    One frame can be odd (a hand, motion blur); a camera is unfamiliar when most of the last
+    ``window`` scored frames are, and only once ``minimum`` frames have been scored.
+    """
+
+    def __init__(self, window: int = 30, minimum: int = 10) -> None:
+        self.scores: deque[float] = deque(maxlen=window)
+        self.minimum = minimum
+
+    def add(self, shift: float | None) -> None:
+        """Count one frame's score (None, from a model without a reference, counts nothing)."""
+        if shift is not None and np.isfinite(shift):
+            self.scores.append(float(shift))
+
+    def reset(self) -> None:
+        self.scores.clear()
+
+    @property
+    def unfamiliar(self) -> bool:
+        return len(self.scores) >= self.minimum and float(np.median(self.scores)) > 1.0
 
 
 class Classifier:

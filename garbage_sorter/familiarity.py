@@ -16,14 +16,13 @@ engines give the same number. An adapted model keeps its base's reference: AdaBN
 the setting's statistics towards the training ones, which is what makes that setting look
 familiar again.
 
-A camera stream says more than one photo: :class:`StreamFamiliarity` keeps the recent frames'
-scores and calls the camera unfamiliar when most of them are.
+A camera stream says more than one photo: ``classifier.StreamFamiliarity`` keeps the recent
+frames' scores and calls the camera unfamiliar when most of them are.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,32 +197,3 @@ def fit_record(
     reference = fit_reference(style_of(model, arch, train)[1])
     distances = reference.distance(style_of(model, arch, validation)[1])
     return reference_record(arch, reference, distances, share=share, fitted_on=fitted_on)
-
-
-class StreamFamiliarity:
-    """Whether a camera looks unfamiliar, from its recent frames' shift scores.
-
-    One frame can be odd (a hand, motion blur); a setting is unfamiliar when most of the last
-    ``window`` scored frames are, and only once ``minimum`` frames have been seen.
-    """
-
-    def __init__(self, window: int = 30, minimum: int = 10) -> None:
-        self.scores: deque[float] = deque(maxlen=window)
-        self.minimum = minimum
-
-    def add(self, shift: float | None) -> None:
-        if shift is not None and np.isfinite(shift):
-            self.scores.append(float(shift))
-
-    def reset(self) -> None:
-        self.scores.clear()
-
-    @property
-    def unfamiliar(self) -> bool:
-        return len(self.scores) >= self.minimum and float(np.median(self.scores)) > 1.0
-
-
-def shares_unfamiliar(shifts: Sequence[float]) -> float:
-    """Share of scores above 1 (unfamiliar)."""
-    values = np.asarray(shifts, dtype=float)
-    return float((values > 1).mean()) if len(values) else 0.0

@@ -16,12 +16,8 @@ import torch
 from conftest import CLASSES, FIXTURE_PHOTOS
 from PIL import Image
 
-from garbage_sorter.classifier import Classifier
-from garbage_sorter.familiarity import (
-    StreamFamiliarity,
-    fit_record,
-    style_layers,
-)
+from garbage_sorter.classifier import Classifier, StreamFamiliarity
+from garbage_sorter.familiarity import fit_record, style_layers
 from garbage_sorter.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from garbage_sorter.onnx_runtime import export_onnx, read_metadata
 from garbage_sorter.presets import LITE_MEAN, LITE_STD, EvalTransform, Preprocessing

@@ -260,3 +260,36 @@ def test_min_frames_is_the_cores():
     from garbage_sorter.adapt import MIN_PHOTOS
 
     assert adapting.MIN_FRAMES == MIN_PHOTOS
+
+
+def dark_bin_video(path: Path, dark: bool) -> Path:
+    """A video of the fixture photos, each held for 3 frames; with ``dark``, as a dark bin
+    under a blue LED sees them (the test_familiarity look), else as they are (studio)."""
+    from conftest import fixture_photos
+    from PIL import Image
+    from test_familiarity import in_a_dark_blue_bin
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (320, 240))
+    for photo in fixture_photos():
+        image = Image.open(photo).convert("RGB")
+        image = in_a_dark_blue_bin(image) if dark else image
+        frame = cv2.cvtColor(np.asarray(image.resize((320, 240))), cv2.COLOR_RGB2BGR)
+        for _ in range(3):
+            writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_an_unfamiliar_camera_gets_a_quiet_hint_to_adapt(
+    qtbot, open_window, bundled_model, tmp_path, recording_cameras
+):
+    win = camera_window(qtbot, open_window, bundled_model, dark_bin_video(tmp_path / "d.avi", True))
+    qtbot.waitUntil(lambda: "looks unfamiliar" in win.notice.message(), timeout=WAIT * 2)
+    assert win.notice.action_button.defaultAction() is win.adapt_action
+    assert win.camera_familiarity.unfamiliar and win.notice.level == "info"
+    # A studio camera: as many answered frames, no hint.
+    win.notice.dismiss()
+    camera = win.start_camera(parse_source(str(dark_bin_video(tmp_path / "s.avi", False))))
+    wait_for(qtbot, camera, "opened")
+    qtbot.waitUntil(lambda: len(win.camera_familiarity.scores) >= 15, timeout=WAIT * 2)
+    assert not win.camera_familiarity.unfamiliar and "unfamiliar" not in win.notice.message()

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from garbage_sorter import bins
+from garbage_sorter.classifier import StreamFamiliarity
 from garbage_sorter.feedback import (
     count_corrections,
     feedback_dir,
@@ -46,6 +47,7 @@ from .widgets import HistoryList, ImageView, Notice, ResultPanel
 
 # The View > Isolate object setting, stored only when the user toggles it.
 ISOLATE_SETTING = "isolate_object"
+UNFAMILIAR_CAMERA = "This camera looks unfamiliar to the model: Model → Adapt to this camera…"
 SHORTCUTS = [
     ("Ctrl+O", "Open photos"),
     ("Ctrl+V", "Paste a photo"),
@@ -128,6 +130,10 @@ class MainWindow(QMainWindow):
         # How long "Adapt to this camera" collects frames (tests shorten it; not a user option).
         self.adapt_seconds = 30.0
         self.camera_rates = (0, 0)  # frames shown, live predictions: in the last second
+        # Shift scores of the camera's recent frames: a hint, once per camera run, when most
+        # of them look unlike the model's training photos.
+        self.camera_familiarity = StreamFamiliarity()
+        self._hinted_unfamiliar = False
 
         self.regions = bins.load_regions()
         self.region = self.regions.get(self.settings.value("region", "", str)) or bins.get_region()
@@ -390,6 +396,8 @@ class MainWindow(QMainWindow):
         if self._remember_model and self.model_path:
             self.settings.setValue("model", self.model_path)
         self.inference.set_classifier(classifier)
+        self.camera_familiarity.reset()  # another model, other scores
+        self.notice.dismiss("unfamiliar")
         self.result_panel.set_classes(classifier.classes)
         self._explanations.clear()
         card = classifier.checkpoint.card()
@@ -602,6 +610,11 @@ class MainWindow(QMainWindow):
             return  # a frame classified just before the preview was frozen or stopped
         self._predictions += 1
         self._live_box = result.prediction.crop_box
+        self.camera_familiarity.add(result.prediction.shift)
+        if self.camera_familiarity.unfamiliar and not self._hinted_unfamiliar:
+            self._hinted_unfamiliar = True
+            if self._adapting is None:
+                self.notify(UNFAMILIAR_CAMERA, "info", self.adapt_action, topic="unfamiliar")
         self._render_prediction(result, live=True)
         self.status_time.setText(_duration(result.prediction.seconds))
         self.result_shown.emit(result)
@@ -985,6 +998,8 @@ class MainWindow(QMainWindow):
         self._retire_camera()
         self._camera_source = source
         self.camera = CameraWorker(source, opener)
+        self.camera_familiarity.reset()
+        self._hinted_unfamiliar = False
         self.camera.opened.connect(self._on_camera_opened)
         self.camera.frame_ready.connect(self._on_camera_frame_ready)
         self.camera.failed.connect(self._on_camera_failed)
