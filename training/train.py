@@ -560,6 +560,7 @@ def main(
     if config.mode == "head" or config.linear_probe_epochs > 0:
         feats, ys, val_acc = linear_probe(run, model, arch, weights, prep, splits, classes)
         history.append({"epoch": 0, "phase": "linear-probe", "val_acc": val_acc})
+    # The weights fine-tuning starts from: WiSE-FT averages back towards them at the end.
     probe_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
     model = model.to(run.device, memory_format=torch.channels_last)
@@ -573,7 +574,7 @@ def main(
         dist.barrier()
         return RunResult(run.out, run.best_path, {})
 
-    if config.mode == "head":
+    if config.mode == "head":  # the probed head is the trained model
         save_checkpoint(
             run.best_path, model, **meta, metrics={"history": history}, half=config.half_checkpoint
         )
@@ -763,7 +764,8 @@ def fine_tune(
     """Train the network (less its frozen blocks) epoch by epoch with early stopping on the
     validation score; ``best.pt`` is written on each improvement and ``last.pt``, with what
     resuming needs, after every epoch. Returns (epochs run, history, the weights fine-tuning
-    began from), the last two as reloaded when resuming."""
+    began from), the last two as reloaded when resuming. ``meta``: the checkpoint fields
+    (arch, classes, preprocessing, config)."""
     config = run.config
     arch, classes, prep = meta["arch"], meta["classes"], meta["preprocessing"]
     teacher = load_teacher(run, classes) if config.teacher else None
