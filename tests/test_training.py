@@ -81,6 +81,22 @@ def test_head_mode_reuses_a_backbone_and_writes_a_usable_model(tiny_dataset, tin
         again.append,
     )
     assert not [e for e in again if e.stage == "features"]
+    # The run measured its training photos' style for the shift score; a head retrained from
+    # its checkpoint (same frozen backbone) keeps that reference instead of measuring again.
+    assert ckpt.familiarity["fitted_on"]["train_photos"] == len(
+        (out / "splits" / "train.txt").read_text().splitlines()
+    )
+    third = main(
+        TrainConfig(
+            data=[str(tiny_dataset)],
+            mode="head",
+            arch="efficientnet_lite0",
+            weights=str(result.best),
+            out=str(tmp_path / "run3"),
+        )
+    )
+    kept = load_checkpoint(third.best).familiarity
+    assert kept["mean"].equal(ckpt.familiarity["mean"])
 
 
 def test_full_mode_writes_every_output(tiny_dataset, tmp_path):

@@ -48,6 +48,10 @@ from garbage_sorter.storage import atomic_write, data_dir
 from . import data as D
 from .config import TrainConfig, add_config_options
 
+# Training photos the familiarity reference is measured on at most: a sample of a few hundred
+# fixes the mean and the shrunk covariance well enough, and a bigger one costs a longer pass.
+FAMILIARITY_PHOTOS = 800
+
 
 class Cancelled(Exception):
     """The user asked to stop; nothing already on disk was changed."""
@@ -581,6 +585,7 @@ def main(
     model = final_model(run, probe_state, ingredients)
     calibration, metrics = calibrate_and_test(run, model, meta, splits, feats, ys, history)
     metrics["epochs_run"] = epochs_run
+    meta["familiarity"] = familiarity_reference(run, model, meta, splits, weights)
     save_result(run, model, meta, calibration, metrics)
     if run.world > 1:
         dist.barrier()
@@ -1063,6 +1068,50 @@ def calibrate_and_test(
     return calibration, metrics
 
 
+def familiarity_reference(
+    run: Run, model: nn.Module, meta: dict[str, Any], splits: dict, weights: str
+) -> dict[str, Any] | None:
+    """The reference the shift score measures photos against (``garbage_sorter/familiarity.py``):
+    from up to ``FAMILIARITY_PHOTOS`` training photos, its threshold from the validation photos.
+    A head trained on a frozen backbone keeps its starting checkpoint's: same layers, same
+    numbers, no extra pass over the photos."""
+    from garbage_sorter.familiarity import fit_record
+
+    arch, classes, prep = meta["arch"], meta["classes"], meta["preprocessing"]
+    if run.config.mode == "head" and weights not in ("none", "imagenet"):
+        start = load_checkpoint(weights)
+        if start.familiarity is not None and start.preprocessing == prep:
+            return start.familiarity
+    if len(splits["train"]) < 2 or not splits["val"]:
+        run.log("No familiarity reference: too few training or validation photos")
+        return None
+    run.report(Progress("calibrate", message="measuring what the training photos look like"))
+    norm = normalizer(prep, run.device)
+    rng = np.random.default_rng(run.config.seed)
+
+    def batches(part: str):
+        samples = splits[part]
+        if len(samples) > FAMILIARITY_PHOTOS:
+            samples = [
+                samples[i] for i in sorted(rng.permutation(len(samples))[:FAMILIARITY_PHOTOS])
+            ]
+        for images, _ in eval_loader(samples, classes, prep, run.config):
+            yield norm(images.to(run.device))
+
+    model = model.float()
+    return fit_record(
+        model,
+        arch,
+        batches("train"),
+        batches("val"),
+        fitted_on={
+            "train_photos": min(len(splits["train"]), FAMILIARITY_PHOTOS),
+            "val_photos": min(len(splits["val"]), FAMILIARITY_PHOTOS),
+            "sources": sorted({s.source for s in splits["train"]}),
+        },
+    )
+
+
 def save_result(
     run: Run,
     model: nn.Module,
@@ -1079,7 +1128,7 @@ def save_result(
         calibration=calibration,
         metrics=metrics,
         half=run.config.half_checkpoint,
-    )
+    )  # meta holds the familiarity reference by now
     atomic_write(run.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     run.report(
         Progress("done", message=f"test accuracy {metrics['test']['acc']:.3f}", metrics=metrics)

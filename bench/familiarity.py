@@ -1,0 +1,261 @@
+"""Knowing a setting is unfamiliar (issue 17): the shift score against the obvious scores, and
+what marking unfamiliar photos "not sure" does to the answers given as sure.
+
+Part 1, the bundled model: its familiarity reference was fitted on its training photos
+(``docs/model/split/train.txt``) with the threshold from its validation photos (``val.txt``), so
+everything below is scored once, on photos not used for either: the TrashNet and real-world
+test photos of the committed split (sources it was trained on), every TrashNet++ crop (a
+source it never saw), and two synthetic settings made from the TrashNet test photos (the
+"bin camera" of ``training/backgrounds.py`` and, when that module has it, the darker "smart
+bin"). For each: the share called unfamiliar, how well each score separates the set from the
+TrashNet test photos (AUROC: the shift score; the energy score and 1 - max softmax, the issue's
+"obvious" ones; Mahalanobis of the pooled last features), and the sure answers before and after
+unfamiliar photos are made "not sure".
+
+Part 2, leave-one-source-out: for each real-world source a probe (frozen ImageNet
+EfficientNet-Lite0, logistic-regression head, ``bench/loso.py``'s folds and choice of C on
+validation, calibrated on validation) is trained without it, with a familiarity reference from
+the same training photos and its threshold from the same validation photos. Reported: the
+held-out source's sure share and the accuracy of its sure answers, and the TrashNet test
+photos' sure share, before and after.
+
+    python bench/familiarity.py [--model PATH] [--skip-loso]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CLASSES, REPO, command_line, machine_line, table  # noqa: E402
+
+from garbage_sorter.familiarity import ShiftScore, StyleFeatures, fit_reference  # noqa: E402
+from garbage_sorter.images import load_image  # noqa: E402
+from garbage_sorter.model import load_checkpoint  # noqa: E402
+from garbage_sorter.presets import EvalTransform, Preprocessing  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+SPLIT = REPO / "docs" / "model" / "split"
+CACHE = REPO / "runs" / "familiarity"
+BATCH = 32
+
+
+def split_rows(name: str) -> list[tuple[int, Path]]:
+    """(class index, absolute path) of a committed split file."""
+    rows = []
+    for line in (SPLIT / name).read_text().splitlines():
+        label, _, _, rel = line.split("\t")
+        rows.append((CLASSES.index(label), (SPLIT / rel).resolve()))
+    return rows
+
+
+def source_rows(source: str) -> list[tuple[int, Path]]:
+    folder = DATA / "realworld" / source
+    return [
+        (CLASSES.index(p.parent.name), p)
+        for p in sorted(folder.glob("*/*"))
+        if p.parent.name in CLASSES and p.suffix.lower() in {".jpg", ".jpeg", ".png"}
+    ]
+
+
+def synthetic(paths: Sequence[Path], kind: str) -> list[Image.Image] | None:
+    """The TrashNet photos as one synthetic fixed setting sees them, or None if not available."""
+    from garbage_sorter.training import backgrounds as B
+
+    make = getattr(B, "smart_bin_set", None) if kind == "smart bin" else B.bin_camera_set
+    if make is None:
+        return None
+    images = [np.asarray(load_image(p)) for p in paths]
+    kwargs = {} if kind == "smart bin" else {"fixed": True}
+    return [Image.fromarray(a) for a in make(images, 0, **kwargs)]
+
+
+def batches(images: Sequence, prep: Preprocessing):
+    """Preprocessed batches, decoded in a worker thread."""
+    transform = EvalTransform(prep)
+
+    def load(item):
+        pil = item if isinstance(item, Image.Image) else load_image(item, draft=prep.resize)
+        return transform(pil)
+
+    with ThreadPoolExecutor(2) as pool:
+        for start in range(0, len(images), BATCH):
+            yield torch.stack(list(pool.map(load, images[start : start + BATCH])))
+
+
+def run_model(model, arch: str, prep: Preprocessing, images: Sequence, key: str) -> dict:
+    """logits, style and pooled features of ``images``, cached under ``runs/familiarity``."""
+    from garbage_sorter.model import head_name
+
+    cache = CACHE / f"{key}.npz"
+    if cache.is_file():
+        return dict(np.load(cache))
+    wrapped = StyleFeatures(model, arch).eval()
+    pooled: list[np.ndarray] = []
+    head = getattr(model, head_name(arch))
+    hook = head.register_forward_pre_hook(lambda m, args: pooled.append(args[0].float().numpy()))
+    logits, styles = [], []
+    with torch.inference_mode():
+        for i, x in enumerate(batches(images, prep)):
+            x = x.contiguous(memory_format=torch.channels_last)
+            out, style = wrapped(x)
+            logits.append(out.numpy())
+            styles.append(style.numpy())
+            print(f"  {key}: {min((i + 1) * BATCH, len(images))}/{len(images)}", file=sys.stderr)
+    hook.remove()
+    result = {
+        "logits": np.concatenate(logits),
+        "style": np.concatenate(styles),
+        "pooled": np.concatenate(pooled),
+    }
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **result)
+    return result
+
+
+def auroc(familiar: np.ndarray, shifted: np.ndarray) -> float:
+    """P(score of a shifted photo > score of a familiar one), ties counted half."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.zeros(len(familiar)), np.ones(len(shifted))]
+    return float(roc_auc_score(y, np.r_[familiar, shifted]))
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def sure(y, probs, threshold, unfamiliar=None) -> tuple[float, float]:
+    """(share answered as sure, accuracy of those answers)."""
+    ok = probs.max(1) >= threshold
+    if unfamiliar is not None:
+        ok &= ~unfamiliar
+    right = probs.argmax(1) == y
+    return float(ok.mean()), float(right[ok].mean()) if ok.any() else float("nan")
+
+
+def pct(value: float) -> str:
+    return "-" if np.isnan(value) else f"{100 * value:.0f}%"
+
+
+def bundled_part(model_path: Path) -> None:
+    ckpt = load_checkpoint(model_path)
+    record = ckpt.familiarity
+    if record is None:
+        sys.exit(f"{model_path} has no familiarity reference (scripts/fit_familiarity.py)")
+    model = ckpt.build().to(memory_format=torch.channels_last)
+    tag = ckpt.state_dict[next(iter(ckpt.state_dict))].flatten()[:4].sum().item()
+    tag = f"{ckpt.arch}-{abs(hash(round(tag, 6))) % 10**8}"
+    test_tn = split_rows("test-trashnet.txt")
+    sets: dict[str, tuple[np.ndarray, dict]] = {}
+
+    def add(name, rows, images=None):
+        images = images if images is not None else [p for _, p in rows]
+        key = f"{tag}-{name.replace(' ', '-')}"
+        sets[name] = (
+            np.array([c for c, _ in rows]),
+            run_model(model, ckpt.arch, ckpt.preprocessing, images, key),
+        )
+
+    add("trashnet test", test_tn)
+    add("real-world test (trained-on sources)", split_rows("test-realworld.txt"))
+    add("trashnetpp (never seen)", source_rows("trashnetpp"))
+    for kind in ("bin camera", "smart bin"):
+        images = synthetic([p for _, p in test_tn], kind)
+        if images is not None:
+            add(f"{kind} (synthetic)", test_tn, images)
+    train = run_model(
+        model,
+        ckpt.arch,
+        ckpt.preprocessing,
+        [p for _, p in split_rows("train.txt")],
+        f"{tag}-train",
+    )
+    pooled_ref = fit_reference(train["pooled"])
+    scorer = ShiftScore(model, ckpt.arch, record)
+    mean, whiten, threshold = scorer.mean.numpy(), scorer.whiten.numpy(), scorer.threshold
+
+    def shift(style):
+        return np.sqrt((((style - mean) @ whiten.T) ** 2).sum(1)) / threshold
+
+    temp, cut = ckpt.calibration["temperature"], ckpt.calibration["threshold"]
+    base = sets["trashnet test"][1]
+    base_scores = {
+        "shift": shift(base["style"]),
+        "energy": -temp * np.log(np.exp(base["logits"] / temp).sum(1)),
+        "softmax": 1 - softmax(base["logits"], temp).max(1),
+        "pooled": pooled_ref.distance(base["pooled"]),
+    }
+    rows = []
+    for name, (y, out) in sets.items():
+        probs = softmax(out["logits"], temp)
+        s = shift(out["style"])
+        scores = {
+            "shift": s,
+            "energy": -temp * np.log(np.exp(out["logits"] / temp).sum(1)),
+            "softmax": 1 - probs.max(1),
+            "pooled": pooled_ref.distance(out["pooled"]),
+        }
+        aurocs = [
+            "-" if out is base else f"{auroc(base_scores[k], scores[k]):.2f}"
+            for k in ("shift", "energy", "softmax", "pooled")
+        ]
+        before = sure(y, probs, cut)
+        after = sure(y, probs, cut, s > 1)
+        rows.append(
+            [
+                name,
+                len(y),
+                f"{(probs.argmax(1) == y).mean():.3f}",
+                pct(float((s > 1).mean())),
+                *aurocs,
+                f"{pct(before[0])} / {pct(before[1])}",
+                f"{pct(after[0])} / {pct(after[1])}",
+            ]
+        )
+    print(
+        table(
+            [
+                "photos",
+                "n",
+                "accuracy",
+                "unfamiliar",
+                "AUROC shift",
+                "energy",
+                "1-softmax",
+                "pooled Mahalanobis",
+                "sure / right (softmax only)",
+                "sure / right (+ unfamiliar = not sure)",
+            ],
+            rows,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", type=Path, default=REPO / "resources" / "models" / "garbage_sorter.pt"
+    )
+    parser.add_argument("--skip-loso", action="store_true")
+    args = parser.parse_args(argv)
+    print(machine_line())
+    print(command_line())
+    print()
+    bundled_part(args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
