@@ -243,6 +243,86 @@ def bundled_part(model_path: Path) -> None:
     )
 
 
+def loso_part() -> None:
+    """Sure answers under leave-one-source-out, with and without unfamiliar = not sure."""
+    import loso
+    from garbage_sorter.training.report import calibrate
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from garbage_sorter.model import build_model
+    from garbage_sorter.presets import default_preprocessing
+
+    folds = [f for f in loso.make_folds(DATA, SPLIT) if f.held_out is not None]
+    everything = list({s.path: s for f in folds for s in [*f.train, *f.val, *f.test]}.values())
+    arch = "efficientnet_lite0"
+    torch.manual_seed(0)
+    model = build_model(arch, len(CLASSES), "imagenet").eval()
+    out = run_model(
+        model,
+        arch,
+        default_preprocessing(arch),
+        [Path(s.path) for s in everything],
+        f"imagenet-lite0-loso-{len(everything)}",
+    )
+    row = {s.path: i for i, s in enumerate(everything)}
+
+    def part(samples, key):
+        return out[key][[row[s.path] for s in samples]]
+
+    rows = []
+    for fold in folds:
+        x, y = part(fold.train, "pooled"), loso.labels_of(fold.train)
+        scaler = StandardScaler().fit(x)
+        xv, yv = scaler.transform(part(fold.val, "pooled")), loso.labels_of(fold.val)
+        best = None
+        for c in loso.CS:
+            head = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
+            logits = head.decision_function(xv)
+            per = loso.by_source(fold.val, yv, logits.argmax(1), logits.max(1), 0.0)
+            if best is None or loso.val_score(per) > best[0]:
+                best = (loso.val_score(per), head, logits)
+        _, head, val_logits = best
+        cal = calibrate(val_logits, yv, 0.95)
+        reference = fit_reference(part(fold.train, "style"))
+        threshold = float(np.quantile(reference.distance(part(fold.val, "style")), 0.95))
+        test_y = loso.labels_of(fold.test)
+        probs = softmax(
+            head.decision_function(scaler.transform(part(fold.test, "pooled"))), cal["temperature"]
+        )
+        shift = reference.distance(part(fold.test, "style")) / threshold
+        sources = np.array([s.source for s in fold.test])
+        for name in ("trashnet", fold.held_out):
+            m = sources == name
+            before = sure(test_y[m], probs[m], cal["threshold"])
+            after = sure(test_y[m], probs[m], cal["threshold"], shift[m] > 1)
+            rows.append(
+                [
+                    fold.held_out,
+                    f"{name} (test)" if name == "trashnet" else f"{name} (held out, all)",
+                    int(m.sum()),
+                    f"{(probs[m].argmax(1) == test_y[m]).mean():.3f}",
+                    pct(float((shift[m] > 1).mean())),
+                    f"{pct(before[0])} / {pct(before[1])}",
+                    f"{pct(after[0])} / {pct(after[1])}",
+                ]
+            )
+    print(
+        table(
+            [
+                "trained without",
+                "photos",
+                "n",
+                "accuracy",
+                "unfamiliar",
+                "sure / right (softmax only)",
+                "sure / right (+ unfamiliar = not sure)",
+            ],
+            rows,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -254,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     print(command_line())
     print()
     bundled_part(args.model)
+    if not args.skip_loso:
+        print()
+        loso_part()
     return 0
 
 
