@@ -21,7 +21,7 @@ import gradio as gr
 from PIL import Image, ImageDraw
 
 from .bins import Region, load_regions
-from .classifier import UNSURE_MESSAGE, Classifier, Prediction
+from .classifier import UNFAMILIAR_MESSAGE, UNSURE_MESSAGE, Classifier, Prediction
 from .images import IMAGE_SUFFIXES, ImageLoadError, load_image
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # a phone photo is 2-8 MB; the core's own limit is 50 MB
@@ -263,7 +263,8 @@ def _bin_card(prediction: Prediction, region: Region) -> str:
             f"<div class='gs-card' style='{_CARD_STYLE}'>{_bin_icon('#9e9e9e', '?')}"
             f"<div><div style='{_KICKER_STYLE}'>Best guess: {esc(prediction.label)}</div>"
             f"<div style='{_TITLE_STYLE}'>Not sure</div>"
-            f"<div>{esc(UNSURE_MESSAGE)}</div>{region_line}</div></div>"
+            f"<div>{esc(UNFAMILIAR_MESSAGE if prediction.unfamiliar else UNSURE_MESSAGE)}</div>"
+            f"{region_line}</div></div>"
         )
     bin_ = region.bin_for(prediction.label)
     return (

@@ -287,6 +287,7 @@ def test_an_unfamiliar_camera_gets_a_quiet_hint_to_adapt(
     qtbot.waitUntil(lambda: "looks unfamiliar" in win.notice.message(), timeout=WAIT * 2)
     assert win.notice.action_button.defaultAction() is win.adapt_action
     assert win.camera_familiarity.unfamiliar and win.notice.level == "info"
+    assert "unlike the photos the model learnt from" in win.result_panel.bin_name.text()
     # A studio camera: as many answered frames, no hint.
     win.notice.dismiss()
     camera = win.start_camera(parse_source(str(dark_bin_video(tmp_path / "s.avi", False))))

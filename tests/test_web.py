@@ -15,6 +15,7 @@ Environment knobs, for producing the README screenshot by hand:
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import queue
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BAD_FILES, CLASSES
+from conftest import BAD_FILES, CLASSES, FIXTURE_PHOTOS
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 from garbage_sorter import web
 from garbage_sorter.bins import load_regions
@@ -471,3 +473,15 @@ def test_load(server, photos, direct, tmp_path):
     # a machine busy with other work; 96 MB (5 %) still catches a leak of 1 MB a request.
     assert rss_last - rss_first < 96, figures
     assert open_files[1] <= open_files[0] + 16, figures  # no leaked files or sockets
+
+
+def test_an_unfamiliar_photo_says_why_it_names_no_bin(bundled_model, tmp_path):
+    from test_familiarity import in_a_dark_blue_bin
+
+    from garbage_sorter.classifier import UNFAMILIAR_MESSAGE
+
+    photo = Image.open(next(FIXTURE_PHOTOS.glob("glass/glass*.jpg"))).convert("RGB")
+    prediction = Classifier.load(bundled_model).predict(in_a_dark_blue_bin(photo))
+    assert prediction.unfamiliar and prediction.uncertain
+    card = web._bin_card(prediction, load_regions()["de"])
+    assert html.escape(UNFAMILIAR_MESSAGE) in card and UNSURE_MESSAGE not in card

@@ -639,9 +639,11 @@ class MainWindow(QMainWindow):
         )
 
     def _render_prediction(self, result: Result, live: bool) -> None:
-        from garbage_sorter.classifier import UNSURE_MESSAGE  # loaded already: a result exists
+        # loaded already: a result exists
+        from garbage_sorter.classifier import UNFAMILIAR_MESSAGE, UNSURE_MESSAGE
 
-        self.result_panel.show_prediction(result.prediction, self.region, UNSURE_MESSAGE, live=live)
+        unsure = UNFAMILIAR_MESSAGE if result.prediction.unfamiliar else UNSURE_MESSAGE
+        self.result_panel.show_prediction(result.prediction, self.region, unsure, live=live)
         self.result_panel.set_actions_enabled(not live, "Capture (Space) first" if live else "")
 
     def _on_job_failed(self, job_id: int, source: str, message: str) -> None:
