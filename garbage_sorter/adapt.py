@@ -42,9 +42,15 @@ from .storage import file_sha256
 
 MIN_PHOTOS = 16  # a floor, not a measured optimum: a batch of fewer gives noisy channel variances
 # (alpha, blocks): the blend weight of the setting's statistics and how many blocks after the
-# stem are adapted (None: all). Without labels to choose, the one measured variant that stays
-# within a point of the shipped model on photos like the training ones (TrashNet 0.880 ->
-# 0.884); replacing the statistics outright cost 6-7 points there (bench/adapt.py).
+# stem are adapted (None: all). Without labels, the base model's familiarity with the photos
+# decides (familiarity.py). A setting it finds familiar keeps the shipped statistics: on photos
+# like the training ones every re-estimate cost accuracy (TrashNet -2 to -7 points, TrashNet++
+# and TACO up to -16; bench/adapt.py). One it finds unfamiliar -- most photos above the
+# threshold, as a new camera's light makes them -- gets UNFAMILIAR.
+FAMILIAR: tuple[float, int | None] = (0.0, None)
+UNFAMILIAR: tuple[float, int | None] = (1.0, None)
+# A model without a familiarity reference cannot tell: the one variant measured within a point
+# of the shipped model on TrashNet (0.880 -> 0.884).
 DEFAULT: tuple[float, int | None] = (0.5, None)
 # What labelled photos choose among, the shipped model first: on a tie the earlier wins.
 CANDIDATES: tuple[tuple[float, int | None], ...] = (
@@ -281,6 +287,35 @@ class Adapted:
     model: nn.Module
     calibration: dict[str, float]
     choice: dict[str, Any]
+    familiarity: dict[str, Any] | None = None  # the base's, or one fitted on the setting
+
+
+def unlabelled_choice(
+    model: nn.Module,
+    checkpoint: Checkpoint,
+    tensors: Sequence[torch.Tensor],
+    progress: ProgressFn | None = None,
+) -> tuple[tuple[float, int | None], dict[str, Any]]:
+    """(alpha, blocks) for photos without labels, from how familiar they look to ``model`` (with
+    the shipped statistics), and a record of why."""
+    if checkpoint.familiarity is None:
+        return DEFAULT, {"chosen_by": "default (no labels, no familiarity reference to judge by)"}
+    from .familiarity import ShiftScore
+
+    (progress or (lambda message: None))("checking how familiar the photos look")
+    scorer = ShiftScore(model, checkpoint.arch, checkpoint.familiarity).eval()
+    with torch.inference_mode():
+        shifts = torch.cat(
+            [scorer(_batch(tensors[i : i + BATCH]))[1] for i in range(0, len(tensors), BATCH)]
+        ).numpy()
+    share = float((shifts > 1).mean())
+    unfamiliar = share > 0.5
+    record = {
+        "chosen_by": f"no labels: {share:.0%} of the photos look unfamiliar to the base model",
+        "unfamiliar_share": round(share, 4),
+        "median_shift": round(float(np.median(shifts)), 4),
+    }
+    return (UNFAMILIAR if unfamiliar else FAMILIAR), record
 
 
 def adapt_model(
@@ -300,6 +335,10 @@ def adapt_model(
             ``MIN_TO_CHOOSE`` of two classes or more, else ``DEFAULT``.
         statistics: the setting's statistics of every BatchNorm layer, already measured with
             :func:`setting_statistics` on these photos (to try several choices on one setting).
+
+    Without ``fixed`` and without enough labelled photos to choose, the base model's shift
+    scores of the photos choose (``FAMILIAR`` or ``UNFAMILIAR``; ``DEFAULT`` for a model without
+    a familiarity reference).
     """
     report = progress or (lambda message: None)
     arch, classes = checkpoint.arch, checkpoint.classes
@@ -320,12 +359,17 @@ def adapt_model(
     head = getattr(model, head_name(arch))
     calibration = dict(checkpoint.calibration)
     y = np.array(photos.labels, dtype=np.int64)
-    if fixed is not None or len(y) < MIN_TO_CHOOSE or len(np.unique(y)) < 2:
-        alpha, blocks = fixed or DEFAULT
+    if fixed is not None:
+        apply(*fixed)
+        choice = {"alpha": fixed[0], "blocks": fixed[1], "head": "original", "chosen_by": "given"}
+        return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
+    if len(y) < MIN_TO_CHOOSE or len(np.unique(y)) < 2:
+        (alpha, blocks), choice = unlabelled_choice(
+            model, checkpoint, photos.unlabelled + photos.labelled, report
+        )
         apply(alpha, blocks)
-        chosen_by = "given" if fixed else "default (too few labelled photos to choose)"
-        choice = {"alpha": alpha, "blocks": blocks, "head": "original", "chosen_by": chosen_by}
-        return Adapted(model.eval(), calibration, choice)
+        choice = {"alpha": alpha, "blocks": blocks, "head": "original", **choice}
+        return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
 
     # Candidates in order of caution: on a tie the earlier (closer to the shipped model) wins.
     report(f"choosing with {len(y)} labelled photos")
@@ -362,7 +406,28 @@ def adapt_model(
         target_precision = float(checkpoint.config.get("target_precision", 0.95))
         calibration = calibrate(logits, y, target_precision)
         choice["calibrated_on"] = len(y)
-    return Adapted(model.eval(), calibration, choice)
+    return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
+
+
+def _finish(
+    model: nn.Module,
+    checkpoint: Checkpoint,
+    photos: Photos,
+    calibration: dict[str, float],
+    choice: dict[str, Any],
+    report: ProgressFn,
+) -> Adapted:
+    """The adapted model with its familiarity reference: the base's where the statistics were
+    kept (the style layers are unchanged), else one fitted on the setting's photos."""
+    familiarity = checkpoint.familiarity
+    if familiarity is not None and choice["alpha"] != 0.0:
+        from .familiarity import fit_setting_record
+
+        report("measuring what the setting looks like")
+        tensors = photos.unlabelled + photos.labelled
+        batches = (_batch(tensors[i : i + BATCH]) for i in range(0, len(tensors), BATCH))
+        familiarity = fit_setting_record(model, checkpoint.arch, batches)
+    return Adapted(model, calibration, choice, familiarity)
 
 
 def adapt(
@@ -450,8 +515,6 @@ def adapt(
         config={**checkpoint.config, "adaptation": record},
         metrics={"adaptation": record},
         half=half,
-        # The base's reference still holds: the adapted statistics normalise the setting's
-        # photos towards the training ones, which is what makes the setting familiar.
-        familiarity=checkpoint.familiarity,
+        familiarity=adapted.familiarity,
     )
     return record

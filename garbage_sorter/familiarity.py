@@ -12,9 +12,9 @@ familiar and ``shift > 1`` unfamiliar, whatever the architecture.
 The reference travels in the checkpoint (``familiarity``: layers, mean, whitening matrix,
 threshold, what it was fitted on). The score is computed inside the network's forward pass by
 :class:`ShiftScore` for PyTorch, and exported as the ONNX graph's ``shift`` output, so both
-engines give the same number. An adapted model keeps its base's reference: AdaBN renormalises
-the setting's statistics towards the training ones, which is what makes that setting look
-familiar again.
+engines give the same number. A model adapted to one setting (adapt.py) gets a reference of its own, fitted on
+that setting's photos: the adapted statistics change every later layer's style, so the base's
+reference no longer describes anything, and "familiar" then means "like this camera".
 
 A camera stream says more than one photo: ``classifier.StreamFamiliarity`` keeps the recent
 frames' scores and calls the camera unfamiliar when most of them are.
@@ -181,6 +181,32 @@ def style_of(
             logits.append(out.float().numpy())
             styles.append(style.numpy())
     return np.concatenate(logits), np.concatenate(styles)
+
+
+def fit_setting_record(
+    model: nn.Module,
+    arch: str,
+    batches: Iterable[torch.Tensor],
+    *,
+    share: float = FAMILIAR_SHARE,
+    folds: int = 5,
+) -> dict[str, Any]:
+    """A ``familiarity`` entry from one setting's photos alone (an adapted model's): the
+    reference from all of them, the threshold from out-of-fold distances (each fold scored by
+    a reference fitted without it), so photos like these stay under it as new ones would."""
+    style = style_of(model, arch, batches)[1]
+    order = np.random.default_rng(0).permutation(len(style))
+    out_of_fold = np.zeros(len(style))
+    for held in np.array_split(order, max(2, min(folds, len(style) // 8))):
+        rest = np.setdiff1d(order, held)
+        out_of_fold[held] = fit_reference(style[rest]).distance(style[held])
+    return reference_record(
+        arch,
+        fit_reference(style),
+        out_of_fold,
+        share=share,
+        fitted_on={"setting_photos": len(style)},
+    )
 
 
 def fit_record(

@@ -187,3 +187,37 @@ def test_adapt_is_listed_in_help(capsys):
     assert cli.main(["--help"]) == 0
     assert "adapt" in capsys.readouterr().out
     assert "adapt" in cli.SUBCOMMANDS
+
+
+def test_without_labels_the_photos_familiarity_decides(bundled_model, setting, tmp_path):
+    """The bundled model keeps its statistics for studio photos like its training ones, and
+    adapts to a dark bin under a blue LED, which it then finds familiar."""
+    from PIL import Image
+    from test_familiarity import in_a_dark_blue_bin
+
+    from garbage_sorter.adapt import FAMILIAR, UNFAMILIAR
+    from garbage_sorter.classifier import Classifier
+
+    dark = tmp_path / "dark bin"
+    dark.mkdir()
+    for photo in sorted(setting.glob("*.jpg")):
+        in_a_dark_blue_bin(Image.open(photo).convert("RGB")).save(dark / photo.name)
+    studio_out, dark_out = tmp_path / "studio.pt", tmp_path / "dark.pt"
+    assert run("--out", studio_out, "--model", bundled_model, setting) == 0
+    assert run("--out", dark_out, "--model", bundled_model, dark) == 0
+
+    studio = load_checkpoint(studio_out).config["adaptation"]
+    assert (studio["alpha"], studio["blocks"]) == FAMILIAR and studio["unfamiliar_share"] <= 0.1
+    base = load_checkpoint(bundled_model).state_dict
+    same = load_checkpoint(studio_out).state_dict
+    assert all(torch.equal(same[k].float(), base[k].float()) for k in base)
+
+    adapted = load_checkpoint(dark_out).config["adaptation"]
+    assert (adapted["alpha"], adapted["blocks"]) == UNFAMILIAR
+    assert adapted["unfamiliar_share"] == 1.0 and "look unfamiliar" in adapted["chosen_by"]
+    photos = sorted(dark.glob("*.jpg"))
+    before = [p.shift for p in Classifier.load(bundled_model).predict_batch(photos)]
+    after = [p.shift for p in Classifier.load(dark_out).predict_batch(photos)]
+    # The adapted model knows the setting it was adapted to: its photos are familiar to it.
+    assert min(before) > 1 and sum(s > 1 for s in after) <= 1, after
+    assert load_checkpoint(dark_out).familiarity["fitted_on"] == {"setting_photos": 20}
