@@ -196,23 +196,26 @@ def test_sigkill_mid_epoch_then_resume(tiny_dataset, tmp_path):
     assert best_before  # the earlier best was intact and loadable before resuming
 
 
+def one_epoch_from(start, data, out, **options) -> TrainConfig:
+    """One cheap full-mode epoch from ``start`` (8 blocks frozen, batches of 4)."""
+    return TrainConfig(
+        data=[str(data)],
+        arch="efficientnet_lite0",
+        weights=str(start),
+        epochs=1,
+        batch_size=4,
+        freeze_blocks=8,
+        workers=0,
+        out=str(out),
+        **options,
+    )
+
+
 def test_soup_averages_the_final_weights_with_other_checkpoints(tiny_dataset, tiny_model, tmp_path):
     import torch
 
     out = tmp_path / "soup"
-    result = main(
-        TrainConfig(
-            data=[str(tiny_dataset)],
-            arch="efficientnet_lite0",
-            weights=str(tiny_model),
-            epochs=1,
-            batch_size=4,
-            freeze_blocks=8,
-            workers=0,
-            soup=[str(tiny_model)],
-            out=str(out),
-        )
-    )
+    result = main(one_epoch_from(tiny_model, tiny_dataset, out, soup=[str(tiny_model)]))
     trained = torch.load(out / "last.pt", weights_only=True)["state_dict"]  # the one epoch
     start = load_checkpoint(tiny_model).state_dict
     souped = load_checkpoint(result.best)
@@ -232,22 +235,15 @@ def test_linear_probe_then_distilled_fine_tune_then_wise_ft(tiny_dataset, tiny_m
     import torch
 
     out, events = tmp_path / "lpft", []
-    result = main(
-        TrainConfig(
-            data=[str(tiny_dataset)],
-            arch="efficientnet_lite0",
-            weights=str(tiny_model),
-            epochs=1,
-            batch_size=4,
-            freeze_blocks=8,
-            workers=0,
-            linear_probe_epochs=1,
-            teacher=str(tiny_model),
-            wise_alpha=0.5,
-            out=str(out),
-        ),
-        events.append,
+    config = one_epoch_from(
+        tiny_model,
+        tiny_dataset,
+        out,
+        linear_probe_epochs=1,
+        teacher=str(tiny_model),
+        wise_alpha=0.5,
     )
+    result = main(config, events.append)
     logs = "\n".join(e.message for e in events if e.stage == "log")
     assert "Linear head on cached features" in logs
     assert f"Distilling from {tiny_model}" in logs
