@@ -9,11 +9,12 @@ the model's threshold) and the accuracy of those answers. For the unlabelled row
 quantities a rule could use without labels, on the adaptation half: the mean calibrated
 max-softmax confidence and the mean prediction entropy (nats), before (the base row) and after.
 
-Besides ``adapt_model``'s fixed (blend, blocks) variants, three methods measured here only:
-a *mixture* blend (the variance keeps the spread between the two means), *shift-corrected*
-AdaBN (the shipped statistics moved by the setting's shift from TrashNet training photos that
-no setting adapts on, measured the same way) and TENT (one epoch of entropy minimisation on
-the BatchNorm scales and shifts, after AdaBN of every layer).
+Besides ``adapt_model``'s fixed (blend, blocks) variants, four methods measured here only:
+a *mixture* blend (the variance keeps the spread between the two means), a *sequential*
+blend (each layer's statistics measured behind earlier layers that already use the blend),
+*shift-corrected* AdaBN (the shipped statistics moved by the setting's shift from TrashNet
+training photos that no setting adapts on, measured the same way) and TENT (one epoch of
+entropy minimisation on the BatchNorm scales and shifts, after AdaBN of every layer).
 
 Settings:
 
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, machine_line, table  # noqa: E402
@@ -278,6 +280,54 @@ def mixture(shipped: Stats, setting: Stats, alpha: float) -> Stats:
     ]
 
 
+def sequential_blend(
+    model: nn.Module, layers: list[nn.BatchNorm2d], tensors_, alpha: float, seed: int = 0
+) -> Stats:
+    """``alpha`` of the setting's statistics into every layer, each measured behind earlier
+    layers that already normalise with the blend.
+
+    ``setting_statistics`` measures every layer behind fully adapted earlier layers, so a blend
+    of its result hands later layers inputs that match neither set of statistics. Here each
+    layer normalises each batch by ``alpha * batch + (1 - alpha) * shipped`` while its batch
+    statistics are averaged, so what a layer measures is what it will see once blended.
+    """
+    shipped = current_statistics(layers)
+    sums = [[torch.zeros_like(m), torch.zeros_like(v)] for m, v in shipped]
+
+    def hook(i: int):
+        def replace(bn: nn.BatchNorm2d, inputs, output):
+            x = inputs[0]
+            mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
+            sums[i][0] += mean
+            sums[i][1] += var
+            m = alpha * mean + (1 - alpha) * shipped[i][0]
+            v = alpha * var + (1 - alpha) * shipped[i][1]
+            return F.batch_norm(x, m, v, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+        return replace
+
+    handles = [bn.register_forward_hook(hook(i)) for i, bn in enumerate(layers)]
+    order = np.random.default_rng(seed).permutation(len(tensors_))
+    chunks = np.array_split(order, max(1, round(len(tensors_) / 32)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for chunk in chunks:
+                model(
+                    torch.stack([tensors_[j] for j in chunk]).contiguous(
+                        memory_format=torch.channels_last
+                    )
+                )
+    finally:
+        for handle in handles:
+            handle.remove()
+    n = len(chunks)
+    return [
+        (alpha * sm / n + (1 - alpha) * m, alpha * sv / n + (1 - alpha) * v)
+        for (sm, sv), (m, v) in zip(sums, shipped, strict=True)
+    ]
+
+
 def tent(model: nn.Module, tensors_, calibration, lr: float = 1e-3, seed: int = 0) -> nn.Module:
     """TENT (Wang et al. 2021), one epoch: the BatchNorm scales and shifts moved to lower the
     mean prediction entropy on the unlabelled photos (Adam, batches of 32). The layers stay in
@@ -341,6 +391,14 @@ def run(args) -> None:
         unlabelled += [
             (f"mixture {a:g}, all layers", (1.0, None), mixture(shipped, stats, a))
             for a in (0.75, 0.5)
+        ]
+        unlabelled += [
+            (
+                f"sequential blend {a:g}, all layers",
+                (1.0, None),
+                sequential_blend(base_model, layers, a_x, a),
+            )
+            for a in (0.75, 0.5, 0.25)
         ]
         unlabelled += [
             ("shift-corrected AdaBN, all layers", (1.0, None), corrected),
