@@ -8,6 +8,7 @@ never seen. For each: accuracy, the share answered as sure (calibrated confidenc
 the model's threshold) and the accuracy of those answers. For the unlabelled rows also two
 quantities a rule could use without labels, on the adaptation half: the mean calibrated
 max-softmax confidence and the mean prediction entropy (nats), before (the base row) and after.
+The first unlabelled row is what ``adapt`` itself chooses without labels.
 
 Besides ``adapt_model``'s fixed (blend, blocks) variants, four methods measured here only:
 a *mixture* blend (the variance keeps the spread between the two means), a *sequential*
@@ -387,7 +388,10 @@ def run(args) -> None:
         print(f"  {name} statistics: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         shipped = current_statistics(layers)
         corrected = shift_corrected(shipped, reference, stats)
-        unlabelled = [(method, fixed, stats) for method, fixed in VARIANTS.items()]
+        # adapt's own choice without labels (the base model's familiarity with the photos),
+        # then each fixed variant.
+        unlabelled = [("adapt's choice without labels", None, stats)]
+        unlabelled += [(method, fixed, stats) for method, fixed in VARIANTS.items()]
         unlabelled += [
             (f"mixture {a:g}, all layers", (1.0, None), mixture(shipped, stats, a))
             for a in (0.75, 0.5)
@@ -412,16 +416,19 @@ def run(args) -> None:
                 tent(adapted.model, a_x, adapted.calibration)
             took = time.perf_counter() - t0
             if fixed == DEFAULT and statistics is stats:
-                method += " (the default without labels)"
+                method += " (the default without a familiarity reference)"
             acc, sure, acc_sure = scores(adapted.model, t_x, t_y, adapted.calibration)
             conf, ent = unsupervised(adapted.model, a_x, adapted.calibration)
+            c = adapted.choice
+            blocks = "all" if c["blocks"] is None else c["blocks"]
+            chose = "" if fixed else f"; chose {c['alpha']:g}/{blocks}"
             rows.append(
                 [
                     name,
                     method,
                     n,
                     *fmt(acc, sure, acc_sure),
-                    f"{acc - base_acc:+.3f}",
+                    f"{acc - base_acc:+.3f}{chose}",
                     f"{conf:.3f}",
                     f"{ent:.3f}",
                 ]
