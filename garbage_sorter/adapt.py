@@ -7,7 +7,9 @@ ways the network's BatchNorm statistics measure: colour cast, exposure, backgrou
    the BatchNorm layers' running means and variances are reset, the photos are forwarded with
    the layers in train mode and a cumulative average (``momentum=None``), and the result is
    blended with the shipped statistics, ``alpha * setting + (1 - alpha) * shipped``. ``alpha``
-   and how many blocks from the input are adapted are the method's two knobs.
+   and how many blocks from the input are adapted are the method's two knobs. Without labels,
+   the base model's familiarity with the photos (familiarity.py) sets them: a setting whose
+   photos mostly look unfamiliar is adapted in full, a familiar one keeps the shipped model.
 2. **Labelled photos** (a folder per class, the user's corrections) choose among the shipped
    model, blends and a linear head refitted on the adapted features (training's ``fit_head``,
    started from the shipped head), by accuracy on photos each candidate was not fitted on
@@ -332,7 +334,7 @@ def adapt_model(
         fixed: (alpha, blocks) to use instead of choosing: the blend weight of the setting's
             statistics, and how many blocks after the stem are adapted (None: every layer).
             Without it they are chosen by the labelled photos when there are at least
-            ``MIN_TO_CHOOSE`` of two classes or more, else ``DEFAULT``.
+            ``MIN_TO_CHOOSE`` of two classes or more, else as below.
         statistics: the setting's statistics of every BatchNorm layer, already measured with
             :func:`setting_statistics` on these photos (to try several choices on one setting).
 

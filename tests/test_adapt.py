@@ -221,3 +221,8 @@ def test_without_labels_the_photos_familiarity_decides(bundled_model, setting, t
     # The adapted model knows the setting it was adapted to: its photos are familiar to it.
     assert min(before) > 1 and sum(s > 1 for s in after) <= 1, after
     assert load_checkpoint(dark_out).familiarity["fitted_on"] == {"setting_photos": 20}
+    # ... and photos from elsewhere, the studio ones, look unfamiliar to it.
+    studio_shifts = [
+        p.shift for p in Classifier.load(dark_out).predict_batch(sorted(setting.glob("*.jpg")))
+    ]
+    assert min(studio_shifts) > 1, studio_shifts
