@@ -386,7 +386,12 @@ def _adapt(args: argparse.Namespace) -> int:
         f"{record['labelled_photos']} labelled photos (blend {record['alpha']:g} in {where}, "
         f"{record['head']} head; {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
     )
-    if not record["labelled_photos"]:
+    if not record["labelled_photos"] and record["alpha"] == 0:
+        report(
+            "note: the photos look familiar to the model, so its statistics were kept as they "
+            "are; a few labelled photos per class (--labelled) can still refit it"
+        )
+    elif not record["labelled_photos"]:
         report(
             "note: nothing checked this adaptation; a few labelled photos per class (--labelled) "
             "let it keep the original model where adapting does not help"

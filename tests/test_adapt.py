@@ -189,7 +189,7 @@ def test_adapt_is_listed_in_help(capsys):
     assert "adapt" in cli.SUBCOMMANDS
 
 
-def test_without_labels_the_photos_familiarity_decides(bundled_model, setting, tmp_path):
+def test_without_labels_the_photos_familiarity_decides(bundled_model, setting, tmp_path, capsys):
     """The bundled model keeps its statistics for studio photos like its training ones, and
     adapts to a dark bin under a blue LED, which it then finds familiar."""
     from PIL import Image
@@ -204,6 +204,7 @@ def test_without_labels_the_photos_familiarity_decides(bundled_model, setting, t
         in_a_dark_blue_bin(Image.open(photo).convert("RGB")).save(dark / photo.name)
     studio_out, dark_out = tmp_path / "studio.pt", tmp_path / "dark.pt"
     assert run("--out", studio_out, "--model", bundled_model, setting) == 0
+    assert "the photos look familiar to the model" in capsys.readouterr().err
     assert run("--out", dark_out, "--model", bundled_model, dark) == 0
 
     studio = load_checkpoint(studio_out).config["adaptation"]
