@@ -288,6 +288,7 @@ def test_an_unfamiliar_camera_gets_a_quiet_hint_to_adapt(
     assert win.notice.action_button.defaultAction() is win.adapt_action
     assert win.camera_familiarity.unfamiliar and win.notice.level == "info"
     assert "unlike the photos the model learnt from" in win.result_panel.bin_name.text()
+    assert win.result_panel.confidence.text().endswith("but an unfamiliar photo")
     # A studio camera: as many answered frames, no hint.
     win.notice.dismiss()
     camera = win.start_camera(parse_source(str(dark_bin_video(tmp_path / "s.avi", False))))

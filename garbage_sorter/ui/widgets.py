@@ -334,6 +334,10 @@ class ResultPanel(QFrame):
         else:
             self.title.setText(label)
         self.confidence.setValue(round(prediction.confidence * 100))
+        # A confident softmax on a photo unlike the training ones is not to be trusted: say so
+        # on the bar too, not only under it.
+        unfamiliar = getattr(prediction, "unfamiliar", False)
+        self.confidence.setFormat("%p%, but an unfamiliar photo" if unfamiliar else "%p% sure")
         for (name, bar, pct), (cls, p) in zip(self._top_rows, prediction.top(3), strict=False):
             name.setText(cls.capitalize())
             bar.setValue(round(p * 1000))
