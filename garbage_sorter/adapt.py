@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +229,12 @@ def _batch(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(tensors)).contiguous(memory_format=torch.channels_last)
 
 
+def _batches(tensors: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``tensors`` in batches of ``BATCH``, in order."""
+    for start in range(0, len(tensors), BATCH):
+        yield _batch(tensors[start : start + BATCH])
+
+
 def blend(source: Stats, target: Stats, alpha: float) -> Stats:
     """``alpha * target + (1 - alpha) * source``, mean and variance each."""
     return [
@@ -242,8 +248,7 @@ def pooled_features(model: nn.Module, arch: str, tensors: Sequence[torch.Tensor]
     model.eval()
     out = []
     with torch.inference_mode():
-        for start in range(0, len(tensors), BATCH):
-            x = _batch(tensors[start : start + BATCH])
+        for x in _batches(tensors):
             out.append(feature_map(model, arch, x).mean((2, 3)).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -306,10 +311,11 @@ def unlabelled_choice(
 
     (progress or (lambda message: None))("checking how familiar the photos look")
     scorer = ShiftScore(model, checkpoint.arch, checkpoint.familiarity).eval()
-    with torch.inference_mode():
-        shifts = torch.cat(
-            [scorer(_batch(tensors[i : i + BATCH]))[1] for i in range(0, len(tensors), BATCH)]
-        ).numpy()
+    try:
+        with torch.inference_mode():
+            shifts = torch.cat([scorer(x)[1] for x in _batches(tensors)]).numpy()
+    finally:
+        scorer.style.remove()
     share = float((shifts > 1).mean())
     unfamiliar = share > 0.5
     record = {
@@ -426,8 +432,7 @@ def _finish(
         from .familiarity import fit_setting_record
 
         report("measuring what the setting looks like")
-        tensors = photos.unlabelled + photos.labelled
-        batches = (_batch(tensors[i : i + BATCH]) for i in range(0, len(tensors), BATCH))
+        batches = _batches(photos.unlabelled + photos.labelled)
         familiarity = fit_setting_record(model, checkpoint.arch, batches)
     return Adapted(model, calibration, choice, familiarity)
 

@@ -59,8 +59,12 @@ class StyleFeatures(nn.Module):
         self.layers = style_layers(arch)
         self._seen: list[torch.Tensor] | None = None  # a list only inside forward()
         modules = dict(model.named_modules())
-        for name in self.layers:
-            modules[name].register_forward_hook(self._record)
+        self._hooks = [modules[name].register_forward_hook(self._record) for name in self.layers]
+
+    def remove(self) -> None:
+        """Take the hooks off the network (they cost a call per layer on every forward)."""
+        for hook in self._hooks:
+            hook.remove()
 
     def _record(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         if self._seen is not None:
@@ -175,11 +179,14 @@ def style_of(
     """(logits, style) of preprocessed batches, with ``model`` in eval mode."""
     wrapped = StyleFeatures(model, arch).eval()
     logits, styles = [], []
-    with torch.inference_mode():
-        for x in batches:
-            out, style = wrapped(x.contiguous(memory_format=torch.channels_last))
-            logits.append(out.float().numpy())
-            styles.append(style.numpy())
+    try:
+        with torch.inference_mode():
+            for x in batches:
+                out, style = wrapped(x.contiguous(memory_format=torch.channels_last))
+                logits.append(out.float().cpu().numpy())
+                styles.append(style.cpu().numpy())
+    finally:
+        wrapped.remove()
     return np.concatenate(logits), np.concatenate(styles)
 
 

@@ -1098,7 +1098,6 @@ def familiarity_reference(
         for images, _ in eval_loader(samples, classes, prep, run.config):
             yield norm(images.to(run.device))
 
-    model = model.float()
     return fit_record(
         model,
         arch,
