@@ -35,12 +35,15 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapt import split_lines  # noqa: E402
 from common import CLASSES, REPO, command_line, machine_line, table  # noqa: E402
+from garbage_sorter.training.report import softmax  # noqa: E402
 
-from garbage_sorter.familiarity import ShiftScore, StyleFeatures, fit_reference  # noqa: E402
+from garbage_sorter.familiarity import Reference, fit_reference, style_of  # noqa: E402
 from garbage_sorter.images import load_image  # noqa: E402
 from garbage_sorter.model import load_checkpoint  # noqa: E402
 from garbage_sorter.presets import EvalTransform, Preprocessing  # noqa: E402
+from garbage_sorter.storage import file_sha256  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 SPLIT = REPO / "docs" / "model" / "split"
@@ -50,11 +53,7 @@ BATCH = 32
 
 def split_rows(name: str) -> list[tuple[int, Path]]:
     """(class index, absolute path) of a committed split file."""
-    rows = []
-    for line in (SPLIT / name).read_text().splitlines():
-        label, _, _, rel = line.split("\t")
-        rows.append((CLASSES.index(label), (SPLIT / rel).resolve()))
-    return rows
+    return [(CLASSES.index(label), path) for label, _, path in split_lines(name)]
 
 
 def source_rows(source: str) -> list[tuple[int, Path]]:
@@ -98,24 +97,20 @@ def run_model(model, arch: str, prep: Preprocessing, images: Sequence, key: str)
     cache = CACHE / f"{key}.npz"
     if cache.is_file():
         return dict(np.load(cache))
-    wrapped = StyleFeatures(model, arch).eval()
-    pooled: list[np.ndarray] = []
+
+    def reported():
+        for i, x in enumerate(batches(images, prep)):
+            yield x
+            print(f"  {key}: {min((i + 1) * BATCH, len(images))}/{len(images)}", file=sys.stderr)
+
+    pooled: list[np.ndarray] = []  # the head's input: a pre-hook sees it on the same pass
     head = getattr(model, head_name(arch))
     hook = head.register_forward_pre_hook(lambda m, args: pooled.append(args[0].float().numpy()))
-    logits, styles = [], []
-    with torch.inference_mode():
-        for i, x in enumerate(batches(images, prep)):
-            x = x.contiguous(memory_format=torch.channels_last)
-            out, style = wrapped(x)
-            logits.append(out.numpy())
-            styles.append(style.numpy())
-            print(f"  {key}: {min((i + 1) * BATCH, len(images))}/{len(images)}", file=sys.stderr)
-    hook.remove()
-    result = {
-        "logits": np.concatenate(logits),
-        "style": np.concatenate(styles),
-        "pooled": np.concatenate(pooled),
-    }
+    try:
+        logits, style = style_of(model, arch, reported())
+    finally:
+        hook.remove()
+    result = {"logits": logits, "style": style, "pooled": np.concatenate(pooled)}
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **result)
     return result
@@ -127,13 +122,6 @@ def auroc(familiar: np.ndarray, shifted: np.ndarray) -> float:
 
     y = np.r_[np.zeros(len(familiar)), np.ones(len(shifted))]
     return float(roc_auc_score(y, np.r_[familiar, shifted]))
-
-
-def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def sure(y, probs, threshold, unfamiliar=None) -> tuple[float, float]:
@@ -155,8 +143,7 @@ def bundled_part(model_path: Path) -> None:
     if record is None:
         sys.exit(f"{model_path} has no familiarity reference (scripts/fit_familiarity.py)")
     model = ckpt.build().to(memory_format=torch.channels_last)
-    tag = ckpt.state_dict[next(iter(ckpt.state_dict))].flatten()[:4].sum().item()
-    tag = f"{ckpt.arch}-{abs(hash(round(tag, 6))) % 10**8}"
+    tag = f"{ckpt.arch}-{file_sha256(model_path)[:16]}"  # another model file, another cache
     test_tn = split_rows("test-trashnet.txt")
     sets: dict[str, tuple[np.ndarray, dict]] = {}
 
@@ -183,30 +170,25 @@ def bundled_part(model_path: Path) -> None:
         f"{tag}-train",
     )
     pooled_ref = fit_reference(train["pooled"])
-    scorer = ShiftScore(model, ckpt.arch, record)
-    mean, whiten, threshold = scorer.mean.numpy(), scorer.whiten.numpy(), scorer.threshold
-
-    def shift(style):
-        return np.sqrt((((style - mean) @ whiten.T) ** 2).sum(1)) / threshold
-
+    reference = Reference(record["mean"].numpy(), record["whiten"].numpy())
     temp, cut = ckpt.calibration["temperature"], ckpt.calibration["threshold"]
+
+    def scores_of(out: dict) -> dict[str, np.ndarray]:
+        """Each score, higher = less like the training photos."""
+        return {
+            "shift": reference.distance(out["style"]) / record["threshold"],
+            "energy": -temp * np.log(np.exp(out["logits"] / temp).sum(1)),
+            "softmax": 1 - softmax(out["logits"], temp).max(1),
+            "pooled": pooled_ref.distance(out["pooled"]),
+        }
+
     base = sets["trashnet test"][1]
-    base_scores = {
-        "shift": shift(base["style"]),
-        "energy": -temp * np.log(np.exp(base["logits"] / temp).sum(1)),
-        "softmax": 1 - softmax(base["logits"], temp).max(1),
-        "pooled": pooled_ref.distance(base["pooled"]),
-    }
+    base_scores = scores_of(base)
     rows = []
     for name, (y, out) in sets.items():
         probs = softmax(out["logits"], temp)
-        s = shift(out["style"])
-        scores = {
-            "shift": s,
-            "energy": -temp * np.log(np.exp(out["logits"] / temp).sum(1)),
-            "softmax": 1 - probs.max(1),
-            "pooled": pooled_ref.distance(out["pooled"]),
-        }
+        scores = scores_of(out)
+        s = scores["shift"]
         aurocs = [
             "-" if out is base else f"{auroc(base_scores[k], scores[k]):.2f}"
             for k in ("shift", "energy", "softmax", "pooled")
