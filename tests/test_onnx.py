@@ -6,6 +6,7 @@ A real model: EfficientNet-Lite0 with its ImageNet backbone and a fresh six-clas
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -93,11 +94,20 @@ def test_running_keeps_references_to_none(exported, photos):
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in photos[:4]]
 
     def in_a_thread(runs: int) -> int:
-        before = sys.getrefcount(None)
-        worker = threading.Thread(target=lambda: [clf.predict(frames[i % 4]) for i in range(runs)])
-        worker.start()
-        worker.join()
-        return sys.getrefcount(None) - before
+        # Garbage left by earlier tests, collected mid-count, would give back its references to
+        # None and look like the bug: collect it first and keep the collector out of the count.
+        gc.collect()
+        gc.disable()
+        try:
+            before = sys.getrefcount(None)
+            worker = threading.Thread(
+                target=lambda: [clf.predict(frames[i % 4]) for i in range(runs)]
+            )
+            worker.start()
+            worker.join()
+            return sys.getrefcount(None) - before
+        finally:
+            gc.enable()
 
     in_a_thread(20)  # first-run allocations and thread bookkeeping happen outside the count
     assert in_a_thread(300) >= 0  # the bug takes references away; caches may add a few
