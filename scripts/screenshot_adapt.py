@@ -11,10 +11,10 @@ window after adapting.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from screenshot_app import private_offscreen_app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,10 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/adapt-shots"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="adapt-shot-"))
-    os.environ["GARBAGE_SORTER_CONFIG_DIR"] = str(scratch / "config")
-    os.environ["GARBAGE_SORTER_DATA_DIR"] = str(scratch / "data")
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    scratch = private_offscreen_app("adapt-shot-")
     video = scratch / "bin-camera.avi"
     bin_camera_video(args.photos, video)
 

@@ -24,15 +24,22 @@ PHOTOS = (
 )
 
 
+def private_offscreen_app(prefix: str) -> Path:
+    """A scratch folder holding the app's settings and data for this run (the user's stay
+    untouched), and the offscreen Qt platform unless another is set. Returns the folder."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["GARBAGE_SORTER_CONFIG_DIR"] = str(scratch / "config")
+    os.environ["GARBAGE_SORTER_DATA_DIR"] = str(scratch / "data")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return scratch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/app-shots"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="app-shot-"))
-    os.environ["GARBAGE_SORTER_CONFIG_DIR"] = str(scratch / "config")
-    os.environ["GARBAGE_SORTER_DATA_DIR"] = str(scratch / "data")
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    private_offscreen_app("app-shot-")
 
     from garbage_sorter.ui.app import application, create_window
 
