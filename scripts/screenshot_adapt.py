@@ -1,9 +1,11 @@
 """The README's picture of Model > Adapt to this camera: the real app, offscreen, bundled model.
 
-A "bin camera" video (real TACO photos under a strong blue LED cast) is the camera. Two grabs:
-the window with the adaptation dialog in progress drawn over it (offscreen, a dialog is its own
-top-level window, so it is painted onto the window's picture where it would sit), and the
-window after adapting.
+A "bin camera" video (real TACO photos under a strong blue LED cast) is the camera. Three grabs:
+the window once the camera's recent frames look unfamiliar to the shipped model (its quiet hint
+above the picture, the confidence bar's "but an unfamiliar photo"; the frames' median shift
+score is about 1.45 against 0.73 for the same photos without the cast), the window with the
+adaptation dialog in progress drawn over it (offscreen, a dialog is its own top-level window,
+so it is painted onto the window's picture where it would sit), and the window after adapting.
 
     QT_QPA_PLATFORM=offscreen python scripts/screenshot_adapt.py [--out docs/screenshots]
 """
@@ -32,6 +34,19 @@ def bin_camera_video(photos: Path, path: Path, count: int = 60) -> None:
     writer.release()
 
 
+def save_small(picture, path: Path) -> None:
+    """Save a grab as a 256-colour PNG: median cut keeps the photo's colours and the flat
+    widgets, at under half the bytes of the full-colour file (the README carries three)."""
+    from PIL import Image
+
+    picture.save(str(path))
+    with Image.open(path) as grab:
+        image = grab.convert("RGB")
+    image.quantize(256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=REPO.parent / "shared/data/realworld/taco")
@@ -58,6 +73,20 @@ def main() -> None:
             time.sleep(0.005)
 
     wait(lambda: window.classifier is not None and window.camera_rates[1] > 0)
+
+    # The hint comes once 10 answered frames are in and most of them look unfamiliar; grab it
+    # with a live answer that says so (the hint itself hides after a while).
+    def hinted() -> bool:
+        return (
+            window.notice.isVisible()
+            and "looks unfamiliar" in window.notice.message()
+            and window.result_panel.confidence.text().endswith("but an unfamiliar photo")
+        )
+
+    wait(hinted, 120)
+    if not hinted():
+        raise SystemExit("the camera never looked unfamiliar to the model: no hint to show")
+    save_small(window.grab(), args.out / "unfamiliar.png")
     window.adapt_seconds = 30
     window.adapt_action.trigger()
     dialog = window._adapting
@@ -77,12 +106,12 @@ def main() -> None:
     painter.setPen(QColor("#9e9e9e"))  # offscreen, a dialog has no frame: draw its edge
     painter.drawRect(shot.rect().translated(corner).adjusted(0, 0, -1, -1))
     painter.end()
-    picture.save(str(args.out / "adapt.png"))
+    save_small(picture, args.out / "adapt.png")
     wait(lambda: window._adapting is None and not window._loading, 600)
     wait(lambda: False, 3)  # a few live answers with the adapted model
-    window.grab().save(str(args.out / "adapted.png"))
+    save_small(window.grab(), args.out / "adapted.png")
     window.close()
-    print(args.out / "adapt.png", args.out / "adapted.png")
+    print(*(args.out / name for name in ("unfamiliar.png", "adapt.png", "adapted.png")))
 
 
 if __name__ == "__main__":
