@@ -9,7 +9,9 @@ ways the network's BatchNorm statistics measure: colour cast, exposure, backgrou
    blended with the shipped statistics, ``alpha * setting + (1 - alpha) * shipped``. ``alpha``
    and how many blocks from the input are adapted are the method's two knobs. Without labels,
    the base model's familiarity with the photos (familiarity.py) sets them: a setting whose
-   photos mostly look unfamiliar is adapted in full, a familiar one keeps the shipped model.
+   photos mostly look unfamiliar is adapted in full, a familiar one keeps the shipped model,
+   and a full adaptation is kept only if it makes the answers on the photos more informative
+   (:func:`information`).
 2. **Labelled photos** (a folder per class, the user's corrections) choose among the shipped
    model, blends and a linear head refitted on the adapted features (training's ``fit_head``,
    started from the shipped head), by accuracy on photos each candidate was not fitted on
@@ -48,7 +50,8 @@ MIN_PHOTOS = 16  # a floor, not a measured optimum: a batch of fewer gives noisy
 # decides (familiarity.py). A setting it finds familiar keeps the shipped statistics: on photos
 # like the training ones every re-estimate cost accuracy (TrashNet -2 to -7 points, TrashNet++
 # and TACO up to -16; bench/adapt.py). One it finds unfamiliar -- most photos above the
-# threshold, as a new camera's light makes them -- gets UNFAMILIAR.
+# threshold, as a new camera's light makes them -- gets UNFAMILIAR if that makes the answers
+# more informative (on synthetic cameras where it cost 12-19 points, it made them less so).
 FAMILIAR: tuple[float, int | None] = (0.0, None)
 UNFAMILIAR: tuple[float, int | None] = (1.0, None)
 # A model without a familiarity reference cannot tell: the one variant measured within a point
@@ -297,33 +300,90 @@ class Adapted:
     familiarity: dict[str, Any] | None = None  # the base's, or one fitted on the setting
 
 
+def information(logits: np.ndarray, temperature: float) -> float:
+    """The mutual information between photo and answer, ``H(mean p) - mean H(p)`` in nats, of
+    calibrated probabilities: high when each answer is confident *and* the answers differ from
+    photo to photo (the criterion of SHOT, Liang et al. 2020). A model that a new light has
+    pushed towards one or two classes scores low however confident it is."""
+    z = torch.from_numpy(np.asarray(logits, np.float32)) / temperature
+    p = torch.softmax(z, 1)
+    logp = torch.log_softmax(z, 1)
+    mean = p.mean(0)
+    marginal = -(mean * mean.clamp_min(1e-12).log()).sum()
+    return float(marginal + (p * logp).sum(1).mean())
+
+
+def shift_scores(
+    model: nn.Module, arch: str, reference: dict[str, Any], tensors: Sequence[torch.Tensor]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, familiarity shift scores) of ``model`` for preprocessed tensors, in one pass."""
+    from .familiarity import ShiftScore
+
+    scorer = ShiftScore(model, arch, reference).eval()
+    logits, shifts = [], []
+    try:
+        with torch.inference_mode():
+            for x in _batches(tensors):
+                out, shift = scorer(x)
+                logits.append(out.float())
+                shifts.append(shift)
+    finally:
+        scorer.style.remove()
+    return torch.cat(logits).numpy(), torch.cat(shifts).numpy()
+
+
 def unlabelled_choice(
     model: nn.Module,
     checkpoint: Checkpoint,
     tensors: Sequence[torch.Tensor],
+    apply: Callable[[float, int | None], None],
     progress: ProgressFn | None = None,
 ) -> tuple[tuple[float, int | None], dict[str, Any]]:
-    """(alpha, blocks) for photos without labels, from how familiar they look to ``model`` (with
-    the shipped statistics), and a record of why."""
-    if checkpoint.familiarity is None:
-        return DEFAULT, {"chosen_by": "default (no labels, no familiarity reference to judge by)"}
-    from .familiarity import ShiftScore
+    """(alpha, blocks) for photos without labels, applied to ``model``, and a record of why.
 
-    (progress or (lambda message: None))("checking how familiar the photos look")
-    scorer = ShiftScore(model, checkpoint.arch, checkpoint.familiarity).eval()
-    try:
-        with torch.inference_mode():
-            shifts = torch.cat([scorer(x)[1] for x in _batches(tensors)]).numpy()
-    finally:
-        scorer.style.remove()
+    The base model (``model`` with the shipped statistics) judges how familiar the photos look.
+    Familiar ones keep the shipped statistics. Unfamiliar ones are adapted (``UNFAMILIAR``), and
+    the adaptation kept only if it makes the answers on the photos more informative
+    (:func:`information`): on settings where re-estimating every layer cost 12-16 points the
+    shipped model's answers were the more informative, on those where it gained the adapted
+    model's were (BENCHMARKS.md, "Can unlabelled photos tell whether adapting helps?").
+    """
+    if checkpoint.familiarity is None:
+        apply(*DEFAULT)
+        return DEFAULT, {"chosen_by": "default (no labels, no familiarity reference to judge by)"}
+    report = progress or (lambda message: None)
+    report("checking how familiar the photos look")
+    logits, shifts = shift_scores(model, checkpoint.arch, checkpoint.familiarity, tensors)
     share = float((shifts > 1).mean())
-    unfamiliar = share > 0.5
-    record = {
+    record: dict[str, Any] = {
         "chosen_by": f"no labels: {share:.0%} of the photos look unfamiliar to the base model",
         "unfamiliar_share": round(share, 4),
         "median_shift": round(float(np.median(shifts)), 4),
     }
-    return (UNFAMILIAR if unfamiliar else FAMILIAR), record
+    if share <= 0.5:
+        return FAMILIAR, record
+    apply(*UNFAMILIAR)
+    report("checking the adapted model's answers")
+    temperature = float(checkpoint.calibration.get("temperature", 1.0))
+    before = information(logits, temperature)
+    after = information(logits_of(model, tensors), temperature)
+    record["information"] = {"shipped": round(before, 4), "adapted": round(after, 4)}
+    if after > before:
+        return UNFAMILIAR, record
+    apply(*FAMILIAR)
+    record["chosen_by"] += (
+        f", but adapting made its answers less informative ({before:.2f} -> {after:.2f} nats): "
+        "kept the shipped model"
+    )
+    record["kept_shipped"] = True
+    return FAMILIAR, record
+
+
+def logits_of(model: nn.Module, tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    """``model``'s logits for preprocessed tensors, in eval mode."""
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(x).float() for x in _batches(tensors)]).numpy()
 
 
 def adapt_model(
@@ -373,9 +433,8 @@ def adapt_model(
         return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
     if len(y) < MIN_TO_CHOOSE or len(np.unique(y)) < 2:
         (alpha, blocks), choice = unlabelled_choice(
-            model, checkpoint, photos.unlabelled + photos.labelled, report
+            model, checkpoint, photos.unlabelled + photos.labelled, apply, report
         )
-        apply(alpha, blocks)
         choice = {"alpha": alpha, "blocks": blocks, "head": "original", **choice}
         return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
 

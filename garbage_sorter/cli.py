@@ -386,15 +386,26 @@ def _adapt(args: argparse.Namespace) -> int:
         f"{record['labelled_photos']} labelled photos (blend {record['alpha']:g} in {where}, "
         f"{record['head']} head; {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
     )
-    if not record["labelled_photos"] and record["alpha"] == 0:
+    if record.get("kept_shipped"):
+        report(
+            "note: the photos look unfamiliar to the model, but adapting to them made its "
+            "answers less clear, so its statistics were kept as they are; a few labelled photos "
+            "per class (--labelled) can still refit it"
+        )
+    elif not record["labelled_photos"] and record["alpha"] == 0:
         report(
             "note: the photos look familiar to the model, so its statistics were kept as they "
             "are; a few labelled photos per class (--labelled) can still refit it"
         )
     elif not record["labelled_photos"]:
+        checked = (
+            "only the answers' spread and certainty checked this adaptation"
+            if "information" in record
+            else "nothing checked this adaptation"
+        )
         report(
-            "note: nothing checked this adaptation; a few labelled photos per class (--labelled) "
-            "let it keep the original model where adapting does not help"
+            f"note: {checked}; a few labelled photos per class (--labelled) let it keep the "
+            "original model where adapting does not help"
         )
     return 0
 

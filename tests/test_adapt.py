@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import BAD_FILES, CLASSES, SHARED_DATA, fixture_photos
@@ -190,13 +191,13 @@ def test_adapt_is_listed_in_help(capsys):
 
 
 def test_without_labels_the_photos_familiarity_decides(bundled_model, setting, tmp_path, capsys):
-    """The bundled model keeps its statistics for studio photos like its training ones, and
-    adapts to a dark bin under a blue LED, which it then finds familiar."""
+    """The bundled model keeps its statistics for studio photos like its training ones. A dark
+    bin under a blue LED looks unfamiliar; its adaptation is kept only if it makes the answers
+    more informative, and otherwise the record says so and the weights stay the shipped ones."""
     from PIL import Image
     from test_familiarity import in_a_dark_blue_bin
 
     from garbage_sorter.adapt import FAMILIAR, UNFAMILIAR
-    from garbage_sorter.classifier import Classifier
 
     dark = tmp_path / "dark bin"
     dark.mkdir()
@@ -206,24 +207,75 @@ def test_without_labels_the_photos_familiarity_decides(bundled_model, setting, t
     assert run("--out", studio_out, "--model", bundled_model, setting) == 0
     assert "the photos look familiar to the model" in capsys.readouterr().err
     assert run("--out", dark_out, "--model", bundled_model, dark) == 0
+    note = capsys.readouterr().err
 
     studio = load_checkpoint(studio_out).config["adaptation"]
     assert (studio["alpha"], studio["blocks"]) == FAMILIAR and studio["unfamiliar_share"] <= 0.1
+    assert "information" not in studio  # familiar photos: nothing adapted, nothing to compare
     base = load_checkpoint(bundled_model).state_dict
     same = load_checkpoint(studio_out).state_dict
     assert all(torch.equal(same[k].float(), base[k].float()) for k in base)
 
     adapted = load_checkpoint(dark_out).config["adaptation"]
-    assert (adapted["alpha"], adapted["blocks"]) == UNFAMILIAR
     assert adapted["unfamiliar_share"] == 1.0 and "look unfamiliar" in adapted["chosen_by"]
-    photos = sorted(dark.glob("*.jpg"))
+    info = adapted["information"]
+    if info["adapted"] > info["shipped"]:
+        assert (adapted["alpha"], adapted["blocks"]) == UNFAMILIAR
+    else:  # 20 photos of this bin: the shipped model's answers were the more informative
+        assert (adapted["alpha"], adapted["blocks"]) == FAMILIAR and adapted["kept_shipped"]
+        assert "less informative" in adapted["chosen_by"] and "less clear" in note
+        kept = load_checkpoint(dark_out)
+        assert all(torch.equal(kept.state_dict[k].float(), base[k].float()) for k in base)
+        shipped = load_checkpoint(bundled_model).familiarity  # the base's reference, kept
+        assert kept.familiarity["fitted_on"] == shipped["fitted_on"]
+        assert torch.equal(
+            torch.as_tensor(kept.familiarity["mean"]), torch.as_tensor(shipped["mean"])
+        )
+
+
+def test_unfamiliar_photos_are_adapted_and_become_familiar(bundled_model, tmp_path):
+    """60 photos of a synthetic smart bin: adapting every layer makes the bundled model's
+    answers more informative, so it is kept, and the adapted model knows its setting."""
+    from garbage_sorter.training.backgrounds import smart_bin_set
+    from PIL import Image
+
+    from garbage_sorter.adapt import UNFAMILIAR
+    from garbage_sorter.classifier import Classifier
+    from garbage_sorter.images import load_image
+
+    if not (SHARED_DATA / "trashnet").is_dir():
+        pytest.skip("needs the shared TrashNet photos")
+    studio = [p for cls in CLASSES for p in real_photos(cls, 10)]
+    frames = smart_bin_set([np.asarray(load_image(p)) for p in studio], seed=0)
+    binned = tmp_path / "smart bin"
+    binned.mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(binned / f"{i:02d}.jpg", quality=92)
+    out = tmp_path / "bin.pt"
+    assert run("--out", out, "--model", bundled_model, binned) == 0
+
+    adapted = load_checkpoint(out).config["adaptation"]
+    assert (adapted["alpha"], adapted["blocks"]) == UNFAMILIAR and not adapted.get("kept_shipped")
+    assert adapted["information"]["adapted"] > adapted["information"]["shipped"]
+    photos = sorted(binned.glob("*.jpg"))
     before = [p.shift for p in Classifier.load(bundled_model).predict_batch(photos)]
-    after = [p.shift for p in Classifier.load(dark_out).predict_batch(photos)]
+    after = [p.shift for p in Classifier.load(out).predict_batch(photos)]
     # The adapted model knows the setting it was adapted to: its photos are familiar to it.
-    assert min(before) > 1 and sum(s > 1 for s in after) <= 1, after
-    assert load_checkpoint(dark_out).familiarity["fitted_on"] == {"setting_photos": 20}
+    assert min(before) > 1 and sum(s > 1 for s in after) <= 6, after
+    assert load_checkpoint(out).familiarity["fitted_on"] == {"setting_photos": 60}
     # ... and photos from elsewhere, the studio ones, look unfamiliar to it.
-    studio_shifts = [
-        p.shift for p in Classifier.load(dark_out).predict_batch(sorted(setting.glob("*.jpg")))
-    ]
+    studio_shifts = [p.shift for p in Classifier.load(out).predict_batch(studio[::6])]
     assert min(studio_shifts) > 1, studio_shifts
+
+
+def test_information_rewards_answers_both_confident_and_varied():
+    from garbage_sorter.adapt import information
+
+    eye = np.eye(6, dtype=np.float32) * 20
+    varied = np.concatenate([eye, eye])  # each photo sure, of a different class each time
+    collapsed = np.tile(eye[:1], (12, 1))  # sure of every photo, always the same class
+    unsure = np.zeros((12, 6), np.float32)  # every class equally likely for every photo
+    assert information(varied, 1.0) == pytest.approx(np.log(6), abs=1e-3)
+    assert information(collapsed, 1.0) == pytest.approx(0.0, abs=1e-3)
+    assert information(unsure, 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert 0 < information(varied, 8.0) < information(varied, 1.0)  # a softer calibration

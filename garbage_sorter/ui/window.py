@@ -613,7 +613,9 @@ class MainWindow(QMainWindow):
         self.camera_familiarity.add(result.prediction.shift)
         if self.camera_familiarity.unfamiliar and not self._hinted_unfamiliar:
             self._hinted_unfamiliar = True
-            if self._adapting is None:
+            # Not again for a camera already adapted to, which kept the shipped statistics:
+            # its corrections are the way on (_on_adapted says so).
+            if self._adapting is None and setting_of(self.model_path) is None:
                 self.notify(UNFAMILIAR_CAMERA, "info", self.adapt_action, topic="unfamiliar")
         self._render_prediction(result, live=True)
         self.status_time.setText(_duration(result.prediction.seconds))
@@ -940,6 +942,16 @@ class MainWindow(QMainWindow):
         if setting in (self._camera_setting(), setting_of(self.model_path)):
             self.load_model(path)  # else the camera changed meanwhile: used when it is back
         labelled = record.get("labelled_photos", 0)
+        if record.get("kept_shipped"):
+            self.notify(
+                f"Adapting to {self._setting_title(setting)} without labels did not make the "
+                "model's answers clearer, so it keeps its original statistics. Correct a few "
+                "answers (Wrong? Choose the right class), then Model > Retrain with my "
+                "corrections.",
+                "info",
+                self.retrain_setting_action,
+            )
+            return
         self.notify(
             f"Adapted to {self._setting_title(setting)} from {record.get('unlabelled_photos', 0)} "
             f"views" + (f" and {labelled} corrections" if labelled else "") + ". Model > Use the "
