@@ -295,3 +295,25 @@ def test_an_unfamiliar_camera_gets_a_quiet_hint_to_adapt(
     wait_for(qtbot, camera, "opened")
     qtbot.waitUntil(lambda: len(win.camera_familiarity.scores) >= 15, timeout=WAIT * 2)
     assert not win.camera_familiarity.unfamiliar and "unfamiliar" not in win.notice.message()
+
+
+def test_adapting_to_an_unfamiliar_camera_says_what_it_kept(
+    qtbot, open_window, bundled_model, bin_camera, recording_cameras
+):
+    """The bundled model and a blue-lit bin camera: the adaptation is checked without labels (the answers'
+    information); when it keeps the shipped statistics the app says so, points to corrections,
+    and does not offer to adapt the same camera again."""
+    win = camera_window(qtbot, open_window, bundled_model, bin_camera)
+    adapt_and_wait(qtbot, win)
+    record = win.classifier.checkpoint.config["adaptation"]
+    assert record["unfamiliar_share"] > 0.5 and "information" in record
+    assert setting_of(win.model_path)  # the camera's own model either way, for its corrections
+    if not record.get("kept_shipped"):
+        assert "Use the original model goes back" in win.notice.message()
+        return
+    assert "keeps its original statistics" in win.notice.message()
+    assert win.notice.action_button.defaultAction() is win.retrain_setting_action
+    win.notice.dismiss()
+    qtbot.waitUntil(lambda: len(win.camera_familiarity.scores) >= 15, timeout=WAIT * 2)
+    assert win.camera_familiarity.unfamiliar  # still unfamiliar, but no second offer to adapt
+    assert "looks unfamiliar" not in win.notice.message()
