@@ -164,15 +164,23 @@ def tensors(ckpt: Checkpoint, images) -> list[torch.Tensor]:
     ]
 
 
+def logits_of(model, tensors_) -> torch.Tensor:
+    """``model``'s logits for preprocessed tensors, in eval mode."""
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat(
+            [
+                model(
+                    torch.stack(tensors_[i : i + 64]).contiguous(memory_format=torch.channels_last)
+                ).float()
+                for i in range(0, len(tensors_), 64)
+            ]
+        )
+
+
 def probabilities(model, tensors_, calibration) -> np.ndarray:
     """Calibrated class probabilities (softmax of logits / temperature), in eval mode."""
-    model.eval()
-    logits = []
-    with torch.inference_mode():
-        for i in range(0, len(tensors_), 64):
-            x = torch.stack(tensors_[i : i + 64]).contiguous(memory_format=torch.channels_last)
-            logits.append(model(x).float())
-    return torch.softmax(torch.cat(logits) / calibration["temperature"], 1).numpy()
+    return torch.softmax(logits_of(model, tensors_) / calibration["temperature"], 1).numpy()
 
 
 def unsupervised(model, tensors_, calibration) -> tuple[float, float]:

@@ -38,6 +38,7 @@ from adapt import (  # noqa: E402
     bin_camera,
     capped,
     halves,
+    logits_of,
     manifest_groups,
     reference_tensors,
     scores,
@@ -52,7 +53,6 @@ from garbage_sorter.adapt import (  # noqa: E402
     adapt_model,
     adapted_layers,
     information,
-    logits_of,
     pooled_features,
     setting_statistics,
     shift_scores,
@@ -229,7 +229,7 @@ def run(args) -> None:
             acc, sure, acc_sure = scores(model, t_x, t_y, adapted.calibration)
             crit = {
                 "feature distance": distance(pooled_features(model, ckpt.arch, a_x)),
-                "information": information(logits_of(model, a_x), temperature),
+                "information": information(logits_of(model, a_x).numpy(), temperature),
                 "style shift": float(
                     np.median(shift_scores(model, ckpt.arch, ckpt.familiarity, a_x)[1])
                 ),

@@ -338,8 +338,9 @@ def unlabelled_choice(
     tensors: Sequence[torch.Tensor],
     apply: Callable[[float, int | None], None],
     progress: ProgressFn | None = None,
-) -> tuple[tuple[float, int | None], dict[str, Any]]:
-    """(alpha, blocks) for photos without labels, applied to ``model``, and a record of why.
+) -> tuple[tuple[float, int | None], dict[str, Any], np.ndarray | None]:
+    """(alpha, blocks) for photos without labels, applied to ``model``, a record of why, and
+    the photos' style through the adapted network when it was adapted (for its reference).
 
     The base model (``model`` with the shipped statistics) judges how familiar the photos look.
     Familiar ones keep the shipped statistics. Unfamiliar ones are adapted (``UNFAMILIAR``), and
@@ -350,7 +351,8 @@ def unlabelled_choice(
     """
     if checkpoint.familiarity is None:
         apply(*DEFAULT)
-        return DEFAULT, {"chosen_by": "default (no labels, no familiarity reference to judge by)"}
+        chosen_by = "default (no labels, no familiarity reference to judge by)"
+        return DEFAULT, {"chosen_by": chosen_by}, None
     report = progress or (lambda message: None)
     report("checking how familiar the photos look")
     logits, shifts = shift_scores(model, checkpoint.arch, checkpoint.familiarity, tensors)
@@ -361,29 +363,25 @@ def unlabelled_choice(
         "median_shift": round(float(np.median(shifts)), 4),
     }
     if share <= 0.5:
-        return FAMILIAR, record
+        return FAMILIAR, record, None
+    from .familiarity import style_of
+
     apply(*UNFAMILIAR)
     report("checking the adapted model's answers")
+    adapted_logits, style = style_of(model, checkpoint.arch, _batches(tensors))
     temperature = float(checkpoint.calibration.get("temperature", 1.0))
     before = information(logits, temperature)
-    after = information(logits_of(model, tensors), temperature)
+    after = information(adapted_logits, temperature)
     record["information"] = {"shipped": round(before, 4), "adapted": round(after, 4)}
     if after > before:
-        return UNFAMILIAR, record
+        return UNFAMILIAR, record, style
     apply(*FAMILIAR)
     record["chosen_by"] += (
         f", but adapting made its answers less informative ({before:.2f} -> {after:.2f} nats): "
         "kept the shipped model"
     )
     record["kept_shipped"] = True
-    return FAMILIAR, record
-
-
-def logits_of(model: nn.Module, tensors: Sequence[torch.Tensor]) -> np.ndarray:
-    """``model``'s logits for preprocessed tensors, in eval mode."""
-    model.eval()
-    with torch.inference_mode():
-        return torch.cat([model(x).float() for x in _batches(tensors)]).numpy()
+    return FAMILIAR, record, None
 
 
 def adapt_model(
@@ -432,11 +430,11 @@ def adapt_model(
         choice = {"alpha": fixed[0], "blocks": fixed[1], "head": "original", "chosen_by": "given"}
         return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
     if len(y) < MIN_TO_CHOOSE or len(np.unique(y)) < 2:
-        (alpha, blocks), choice = unlabelled_choice(
+        (alpha, blocks), choice, style = unlabelled_choice(
             model, checkpoint, photos.unlabelled + photos.labelled, apply, report
         )
         choice = {"alpha": alpha, "blocks": blocks, "head": "original", **choice}
-        return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
+        return _finish(model.eval(), checkpoint, photos, calibration, choice, report, style)
 
     # Candidates in order of caution: on a tie the earlier (closer to the shipped model) wins.
     report(f"choosing with {len(y)} labelled photos")
@@ -483,16 +481,21 @@ def _finish(
     calibration: dict[str, float],
     choice: dict[str, Any],
     report: ProgressFn,
+    style: np.ndarray | None = None,
 ) -> Adapted:
     """The adapted model with its familiarity reference: the base's where the statistics were
-    kept (the style layers are unchanged), else one fitted on the setting's photos."""
+    kept (the style layers are unchanged), else one fitted on the setting's photos (their
+    ``style`` through ``model``, measured here unless given)."""
     familiarity = checkpoint.familiarity
     if familiarity is not None and choice["alpha"] != 0.0:
-        from .familiarity import fit_setting_record
+        from .familiarity import fit_setting_record, style_of
 
         report("measuring what the setting looks like")
-        batches = _batches(photos.unlabelled + photos.labelled)
-        familiarity = fit_setting_record(model, checkpoint.arch, batches)
+        if style is None:
+            style = style_of(model, checkpoint.arch, _batches(photos.unlabelled + photos.labelled))[
+                1
+            ]
+        familiarity = fit_setting_record(checkpoint.arch, style)
     return Adapted(model, calibration, choice, familiarity)
 
 

@@ -191,17 +191,12 @@ def style_of(
 
 
 def fit_setting_record(
-    model: nn.Module,
-    arch: str,
-    batches: Iterable[torch.Tensor],
-    *,
-    share: float = FAMILIAR_SHARE,
-    folds: int = 5,
+    arch: str, style: np.ndarray, *, share: float = FAMILIAR_SHARE, folds: int = 5
 ) -> dict[str, Any]:
-    """A ``familiarity`` entry from one setting's photos alone (an adapted model's): the
-    reference from all of them, the threshold from out-of-fold distances (each fold scored by
-    a reference fitted without it), so photos like these stay under it as new ones would."""
-    style = style_of(model, arch, batches)[1]
+    """A ``familiarity`` entry from one setting's photos alone (their ``style_of`` through an
+    adapted model): the reference from all of them, the threshold from out-of-fold distances
+    (each fold scored by a reference fitted without it), so photos like these stay under it as
+    new ones would."""
     order = np.random.default_rng(0).permutation(len(style))
     out_of_fold = np.zeros(len(style))
     for held in np.array_split(order, max(2, min(folds, len(style) // 8))):
