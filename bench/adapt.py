@@ -35,6 +35,11 @@ Settings:
   TrashNet test photos: adaptation must not cost more than a point here.
 
     python bench/adapt.py [--model PATH] [--seeds 2] [--only trashnetpp,bin camera]
+        [--labelled-only] [--before] [--test]
+
+``--labelled-only`` skips the unlabelled variants; ``--before`` adds, for each labelled draw,
+``adapt_model`` without the tuned candidate (the heads-only baseline, in the same run);
+``--test`` runs the settings nothing was chosen on (``bench/adapt_choice.py --test``'s).
 
 ``--seeds 0`` measures the unlabelled variants only.
 """
@@ -42,6 +47,7 @@ Settings:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import time
@@ -57,6 +63,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, machine_line, table  # noqa: E402
 
+import garbage_sorter.adapt as adapt_module  # noqa: E402
 from garbage_sorter.adapt import (  # noqa: E402
     DEFAULT,
     Photos,
@@ -362,9 +369,29 @@ def tent(model: nn.Module, tensors_, calibration, lr: float = 1e-3, seed: int = 
     return model.eval()
 
 
+@contextlib.contextmanager
+def heads_only(on: bool):
+    """``adapt_model`` as it was before it could tune the network's later BatchNorm layers."""
+    keep = adapt_module.MIN_TO_TUNE
+    adapt_module.MIN_TO_TUNE = 10**9 if on else keep
+    try:
+        yield
+    finally:
+        adapt_module.MIN_TO_TUNE = keep
+
+
 def run(args) -> None:
     ckpt = load_checkpoint(args.model or bundled_model_path())
-    data = settings(ckpt, set(args.only.split(",")) if args.only else None)
+    only = set(args.only.split(",")) if args.only else None
+    if args.test:
+        from adapt_choice import test_settings
+
+        data = {
+            name: (a_x, a_y, t_x, t_y, "held out")
+            for name, (a_x, t_x, t_y, a_y) in test_settings(ckpt, only).items()
+        }
+    else:
+        data = settings(ckpt, only)
     header = ["setting", "method", "photos", "accuracy", "sure", "accuracy when sure", "chosen"]
     header += ["confidence (adaptation half)", "entropy (adaptation half)"]
     rows = []
@@ -417,7 +444,7 @@ def run(args) -> None:
             ("shift-corrected blend 0.5, all layers", (0.5, None), corrected),
             ("TENT 1 epoch after AdaBN, all layers", (1.0, None), stats),
         ]
-        for method, fixed, statistics in unlabelled:
+        for method, fixed, statistics in () if args.labelled_only else unlabelled:
             t0 = time.perf_counter()
             adapted = adapt_model(ckpt, Photos(unlabelled=a_x), fixed=fixed, statistics=statistics)
             if method.startswith("TENT"):
@@ -445,34 +472,42 @@ def run(args) -> None:
         for k in (5, 10) if args.seeds else ():
             if Counter(a_y).most_common()[-1][1] < 2:
                 continue
-            runs, chosen = [], Counter()
-            for seed in range(args.seeds):
-                picked = draw_labelled(a_y, k, seed)
-                rest = np.setdiff1d(np.arange(len(a_x)), picked)
-                photos = Photos(
-                    unlabelled=[a_x[i] for i in rest],
-                    labelled=[a_x[i] for i in picked],
-                    labels=[a_y[i] for i in picked],
+            for before in (True, False) if args.before else (False,):
+                runs, chosen, took = [], Counter(), []
+                for seed in range(args.seeds):
+                    picked = draw_labelled(a_y, k, seed)
+                    rest = np.setdiff1d(np.arange(len(a_x)), picked)
+                    photos = Photos(
+                        unlabelled=[a_x[i] for i in rest],
+                        labelled=[a_x[i] for i in picked],
+                        labels=[a_y[i] for i in picked],
+                    )
+                    t0 = time.perf_counter()
+                    with heads_only(before):
+                        adapted = adapt_model(ckpt, photos, statistics=stats)
+                    took.append(time.perf_counter() - t0)
+                    runs.append(scores(adapted.model, t_x, t_y, adapted.calibration))
+                    c = adapted.choice
+                    blocks = "all" if c["blocks"] is None else c["blocks"]
+                    cal = ", recalibrated" if "calibrated_on" in c else ""
+                    chosen[f"{c['alpha']:g}/{blocks}/{c['head']}{cal}"] += 1
+                acc, sure, acc_sure = np.nanmean(np.array(runs), 0)
+                label = f"+{k} labelled/class (mean of {args.seeds})"
+                rows.append(
+                    [
+                        name,
+                        label + (", heads only (before tuning)" if before else ""),
+                        n,
+                        *fmt(acc, sure, acc_sure),
+                        f"{acc - base_acc:+.3f}; "
+                        + ", ".join(f"{v}x {c}" for c, v in chosen.items()),
+                        "",
+                        "",
+                    ]
                 )
-                adapted = adapt_model(ckpt, photos, statistics=stats)
-                runs.append(scores(adapted.model, t_x, t_y, adapted.calibration))
-                c = adapted.choice
-                blocks = "all" if c["blocks"] is None else c["blocks"]
-                cal = ", recalibrated" if "calibrated_on" in c else ""
-                chosen[f"{c['alpha']:g}/{blocks}/{c['head']}{cal}"] += 1
-            acc, sure, acc_sure = np.nanmean(np.array(runs), 0)
-            rows.append(
-                [
-                    name,
-                    f"+{k} labelled/class (mean of {args.seeds})",
-                    n,
-                    *fmt(acc, sure, acc_sure),
-                    f"{acc - base_acc:+.3f}; " + ", ".join(f"{v}x {c}" for c, v in chosen.items()),
-                    "",
-                    "",
-                ]
-            )
-            print(f"  {name} +{k}: {acc:.3f}", file=sys.stderr)
+                print(
+                    f"  {name} +{k} before={before}: {acc:.3f} ({max(took):.0f} s)", file=sys.stderr
+                )
     print(machine_line())
     print(f"\n`{command_line()}`\n")
     print(table(header, rows))
@@ -485,6 +520,17 @@ def main() -> None:
         "--seeds", type=int, default=2, help="draws of the labelled photos (0: unlabelled only)"
     )
     parser.add_argument("--only", help="comma-separated settings to run")
+    parser.add_argument("--labelled-only", action="store_true", help="skip the unlabelled variants")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="the settings nothing was chosen on (bench/adapt_choice.py --test's)",
+    )
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="also run the labelled draws without tuning the network (the heads-only baseline)",
+    )
     run(parser.parse_args())
 
 

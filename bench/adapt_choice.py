@@ -102,7 +102,8 @@ def dark_blue_bin(paths: list[Path]) -> list[Image.Image]:
 
 def test_settings(ckpt, only: set[str] | None):
     """Settings no rule was chosen on: new cameras of both generators, and real TrashNet++ and
-    TrashNet photos under one fixed light each."""
+    TrashNet photos under one fixed light each. name -> (adaptation tensors, test tensors, test
+    labels, adaptation labels)."""
     index = {c: i for i, c in enumerate(ckpt.classes)}
     tn_val = capped([r for r in split_lines("val.txt") if r[1] == "trashnet"])
     tn_test = capped(split_lines("test-trashnet.txt"))
@@ -128,6 +129,7 @@ def test_settings(ckpt, only: set[str] | None):
             tensors(ckpt, a_img),
             tensors(ckpt, t_img),
             [index[r[0]] for r in test_rows],
+            [index[r[0]] for r in adapt_rows],  # for bench/adapt.py's labelled draws
         )
     return out
 
@@ -203,7 +205,7 @@ def run(args) -> None:
     temperature = float(ckpt.calibration["temperature"])
     data = (test_settings if args.test else settings)(ckpt, only)
     rows, summary = [], []
-    for name, (a_x, t_x, t_y) in data.items():
+    for name, (a_x, t_x, t_y, *_) in data.items():
         t0 = time.perf_counter()
         stats = setting_statistics(base, layers, a_x)
         candidates = [

@@ -279,3 +279,63 @@ def test_information_rewards_answers_both_confident_and_varied():
     assert information(collapsed, 1.0) == pytest.approx(0.0, abs=1e-3)
     assert information(unsure, 1.0) == pytest.approx(0.0, abs=1e-6)
     assert 0 < information(varied, 8.0) < information(varied, 1.0)  # a softer calibration
+
+
+def labelled_tensors(checkpoint, per_class: int, classes=CLASSES[:3]):
+    """Preprocessed real photos and their class indices, ``per_class`` of each of ``classes``."""
+    from garbage_sorter.images import load_image
+    from garbage_sorter.presets import EvalTransform
+
+    transform = EvalTransform(checkpoint.preprocessing)
+    pairs = [(p, checkpoint.classes.index(c)) for c in classes for p in real_photos(c, per_class)]
+    return [transform(load_image(p)) for p, _ in pairs], [label for _, label in pairs]
+
+
+def test_tuning_moves_only_the_later_scales_and_shifts_and_the_head(tiny_model):
+    """tune_norms fits the labelled photos through the later half's BatchNorm scales and shifts
+    and the head; the convolutions, the first half and every running statistic stay."""
+    from garbage_sorter.adapt import tune_norms
+
+    base = load_checkpoint(tiny_model)
+    x, y = labelled_tensors(base, 4)
+    model = base.build().float()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        loss_before = torch.nn.functional.cross_entropy(model(torch.stack(x)), torch.tensor(y))
+    tune_norms(model, base.arch, x, y)
+    with torch.no_grad():
+        loss_after = torch.nn.functional.cross_entropy(model(torch.stack(x)), torch.tensor(y))
+    assert loss_after < loss_before - 0.1
+
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    middle = len(model._blocks) // 2
+    later = tuple(f"_blocks.{i}." for i in range(middle, len(model._blocks))) + ("_bn1.",)
+    assert {"_fc.weight", "_fc.bias"} <= changed
+    assert any(k.startswith(later) and k.endswith("_bn0.weight") for k in changed)
+    for k in changed - {"_fc.weight", "_fc.bias"}:
+        assert k.startswith(later) and k.endswith((".weight", ".bias")), k
+        assert "bn" in k.rsplit(".", 2)[-2], k  # a BatchNorm's, not a convolution's
+    assert all(p.requires_grad for p in model.parameters())  # as it was handed in
+
+
+def test_enough_labelled_photos_also_try_tuning(tiny_model, setting, tmp_path, monkeypatch):
+    """From MIN_TO_TUNE labelled photos on, the tuned network is one more candidate, judged on
+    photos it was not tuned on like the others; when it wins, the written model is tuned."""
+    import garbage_sorter.adapt as adapt
+
+    monkeypatch.setattr(adapt, "MIN_TO_TUNE", 12)
+    labelled = tmp_path / "corrections"
+    for cls in ("glass", "metal", "plastic"):
+        (labelled / cls).mkdir(parents=True)
+        for photo in real_photos(cls, 8)[4:8]:
+            shutil.copy(photo, labelled / cls / photo.name)
+    out = tmp_path / "adapted.pt"
+    assert run("--out", out, "--model", tiny_model, "--labelled", labelled, setting) == 0
+    record = load_checkpoint(out).config["adaptation"]
+    tried = [(c["alpha"], c["blocks"], c["head"]) for c in record["candidates"]]
+    assert tried[-1] == (0.0, None, "tuned") and len(tried) == 2 * len(CANDIDATES) + 1
+    base, adapted = load_checkpoint(tiny_model).state_dict, load_checkpoint(out).state_dict
+    bn_weights_moved = any(
+        k.endswith("_bn2.weight") and not torch.equal(v, base[k]) for k, v in adapted.items()
+    )
+    assert bn_weights_moved == (record["head"] == "tuned")
