@@ -14,7 +14,7 @@ ways the network's BatchNorm statistics measure: colour cast, exposure, backgrou
    (:func:`information`).
 2. **Labelled photos** (a folder per class, the user's corrections) choose among the shipped
    model, blends, a linear head refitted on the adapted features (training's ``fit_head``,
-   started from the shipped head) and, with enough of them, the network's later BatchNorm
+   started from the shipped head) and, with enough of them, the network's last BatchNorm
    scales and shifts tuned with the head (:func:`tune_norms`), by accuracy on photos each
    candidate was not fitted on (k-fold). The shipped model is one candidate, so labels never
    make a setting worse by more than their own noise; with enough of them, temperature and the
@@ -68,12 +68,11 @@ CANDIDATES: tuple[tuple[float, int | None], ...] = (
 )
 MIN_TO_CHOOSE = 12  # labelled photos needed to choose by k-fold accuracy instead of the default
 MIN_TO_CALIBRATE = 30  # ... and to refit temperature and threshold
-# ... and to try tuning the later half of the network's BatchNorm scales and shifts with the head
-# (:func:`tune_norms`). The recipe -- the later half of the blocks, two views (the photo and its
-# mirror), 10 epochs, AdamW at 3e-3 -- was chosen with 10 photos per class on three synthetic
-# smart bins, a bin camera, TrashNet++ and TrashNet (+5 to +10 points over the refitted head
-# on the smart bins, within a point or two elsewhere; more views or epochs, the last quarter
-# of the blocks, every layer's scales and shifts or whole blocks did no better; BENCHMARKS.md).
+# ... and to try tuning the last blocks' BatchNorm scales and shifts with the head
+# (:func:`tune_norms`). The recipe -- the blocks after the shift score's layers, two views (the
+# photo and its mirror), 10 epochs, AdamW at 3e-3 -- was chosen with 10 photos per class on
+# three synthetic smart bins, a bin camera, TrashNet++ and TrashNet (BENCHMARKS.md, "Tuning
+# the network on labelled photos").
 MIN_TO_TUNE = 30
 TUNE_VIEWS, TUNE_EPOCHS, TUNE_LR = 2, 10, 3e-3
 BATCH = 32
@@ -317,8 +316,11 @@ def _views(x: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
 
 
 def _halves(model: nn.Module, arch: str) -> tuple[Callable, Callable, list[nn.Module]]:
-    """(first half, second half to logits, the second half's modules) of the network, split at
-    the middle of its blocks (ResNet-18: before layer3)."""
+    """(first part, last part to logits, the last part's modules) of the network, split after
+    the last layer familiarity.py reads the style at (EfficientNet-Lite0: after block 10 of 16;
+    ResNet-18: before layer3), so that tuning the last part leaves the shift score as it was."""
+    from .familiarity import style_layers
+
     if arch == "resnet18":
         m = model
 
@@ -329,7 +331,7 @@ def _halves(model: nn.Module, arch: str) -> tuple[Callable, Callable, list[nn.Mo
             return m.fc(m.layer4(m.layer3(x)).mean((2, 3)))
 
         return first, second, [m.layer3, m.layer4]
-    middle = len(model._blocks) // 2
+    middle = 1 + max(int(n.split(".")[1]) for n in style_layers(arch) if n.startswith("_blocks."))
 
     def first(x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.relu6(model._bn0(model._conv_stem(x)))
@@ -352,13 +354,15 @@ def tune_norms(
     labels: Sequence[int],
     seed: int = 0,
 ) -> nn.Module:
-    """Fine-tune, on labelled photos, the BatchNorm scales and shifts of the network's later half
-    and the head; everything else, the running statistics included, stays. Returns ``model``.
+    """Fine-tune, on labelled photos, the BatchNorm scales and shifts of the network's last
+    blocks and the head; everything else, the running statistics included, stays. Returns
+    ``model``.
 
     A colour cast or a dark bin changes more than a linear head on the shipped features can
     undo; a few thousand scales and shifts are what a few dozen photos can set without learning
-    them by heart. The first half runs once on the fixed views of each photo; only the second
-    half is trained (in eval mode: the shipped statistics normalise).
+    them by heart. The first part runs once on the fixed views of each photo; only the last is
+    trained (in eval mode: the shipped statistics normalise). The layers the shift score reads
+    are all in the first part, so the base model's familiarity reference still holds.
     """
     model.eval()
     first, second, tuned = _halves(model, arch)
