@@ -381,10 +381,13 @@ def _adapt(args: argparse.Namespace) -> int:
         raise _Failure(str(exc), exc.status) from None
     blocks = record["blocks"]
     where = "all layers" if blocks is None else f"the stem and {blocks} blocks"
+    head = {"tuned": "last blocks and head tuned to the labelled photos"}.get(
+        record["head"], f"{record['head']} head"
+    )
     print(
         f"wrote {args.out}: adapted to {record['unlabelled_photos']} unlabelled and "
         f"{record['labelled_photos']} labelled photos (blend {record['alpha']:g} in {where}, "
-        f"{record['head']} head; {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
+        f"{head}; {record['chosen_by']}) in {time.perf_counter() - started:.0f} s"
     )
     if record.get("kept_shipped"):
         report(
