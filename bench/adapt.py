@@ -469,7 +469,7 @@ def run(args) -> None:
                 ]
             )
             print(f"  {name} {method}: {acc:.3f} ({took:.0f} s)", file=sys.stderr)
-        for k in (5, 10) if args.seeds else ():
+        for k in args.per_class if args.seeds else ():
             if Counter(a_y).most_common()[-1][1] < 2:
                 continue
             for before in (True, False) if args.before else (False,):
@@ -520,6 +520,12 @@ def main() -> None:
         "--seeds", type=int, default=2, help="draws of the labelled photos (0: unlabelled only)"
     )
     parser.add_argument("--only", help="comma-separated settings to run")
+    parser.add_argument(
+        "--per-class",
+        type=lambda text: [int(k) for k in text.split(",")],
+        default=[5, 10],
+        help="labelled photos per class to draw, comma-separated (default 5,10)",
+    )
     parser.add_argument("--labelled-only", action="store_true", help="skip the unlabelled variants")
     parser.add_argument(
         "--test",

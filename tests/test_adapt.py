@@ -334,6 +334,9 @@ def test_enough_labelled_photos_also_try_tuning(tiny_model, setting, tmp_path, m
     record = load_checkpoint(out).config["adaptation"]
     tried = [(c["alpha"], c["blocks"], c["head"]) for c in record["candidates"]]
     assert tried[-1] == (0.0, None, "tuned") and len(tried) == 2 * len(CANDIDATES) + 1
+    # ... against the best other candidate on the same two folds; the winner is what was written.
+    duel = record["two_fold_accuracy"]
+    assert (record["head"] == "tuned") == (duel["tuned"] > duel["best other"])
     base, adapted = load_checkpoint(tiny_model).state_dict, load_checkpoint(out).state_dict
     bn_weights_moved = any(
         k.endswith("_bn2.weight") and not torch.equal(v, base[k]) for k, v in adapted.items()
