@@ -357,6 +357,7 @@ def tune_norms(
     tensors: Sequence[torch.Tensor],
     labels: Sequence[int],
     seed: int = 0,
+    progress: ProgressFn | None = None,
 ) -> nn.Module:
     """Fine-tune, on labelled photos, the BatchNorm scales and shifts of the network's last
     blocks and the head; everything else, the running statistics included, stays. Returns
@@ -391,8 +392,10 @@ def tune_norms(
     steps = TUNE_EPOCHS * -(-len(cached) // BATCH)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     gen = torch.Generator().manual_seed(seed)
+    report = progress or (lambda message: None)
     try:
-        for _ in range(TUNE_EPOCHS):
+        for epoch in range(TUNE_EPOCHS):
+            report(f"tuning on {len(tensors)} labelled photos, epoch {epoch + 1}/{TUNE_EPOCHS}")
             order = torch.randperm(len(cached), generator=gen)
             for start in range(0, len(cached), BATCH):
                 batch = order[start : start + BATCH]
@@ -416,14 +419,23 @@ def tuned_out_of_fold_logits(
     tensors: Sequence[torch.Tensor],
     y: np.ndarray,
     num_classes: int,
+    progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Logits of a copy of ``model`` tuned (:func:`tune_norms`) on the other half, for every
     labelled photo (2-fold: each tuning costs seconds, and half the photos judge it cautiously)."""
     import copy
 
+    report = progress or (lambda message: None)
     logits = np.zeros((len(y), num_classes), np.float32)
-    for fit_idx, held in _folds(y, 2):
-        tuned = tune_norms(copy.deepcopy(model), arch, [tensors[i] for i in fit_idx], y[fit_idx])
+    for k, (fit_idx, held) in enumerate(_folds(y, 2), 1):
+        fit = [tensors[i] for i in fit_idx]
+        tuned = tune_norms(
+            copy.deepcopy(model),
+            arch,
+            fit,
+            y[fit_idx],
+            progress=lambda m, k=k: report(f"check {k}/2: {m}"),
+        )
         with torch.inference_mode():
             logits[held] = torch.cat(
                 [tuned(b).float() for b in _batches([tensors[i] for i in held])]
@@ -593,9 +605,8 @@ def adapt_model(
     if len(y) >= MIN_TO_TUNE:
         # Tuning is judged on two folds (each costs seconds), so against the best of the others
         # on the same two folds: both fitted on half the photos, judged on the other half.
-        report(f"tuning the network on {len(y)} labelled photos")
         apply(*FAMILIAR)
-        tuned = tuned_out_of_fold_logits(model, arch, photos.labelled, y, len(classes))
+        tuned = tuned_out_of_fold_logits(model, arch, photos.labelled, y, len(classes), report)
         rival = (
             logits if kind == "original" else out_of_fold_logits(head, feats, y, len(classes), 2)
         )
@@ -608,7 +619,7 @@ def adapt_model(
     if kind == "refitted":
         head.load_state_dict(_fit(head, feats, y, len(classes)).state_dict())
     elif kind == "tuned":
-        tune_norms(model, arch, photos.labelled, y)
+        tune_norms(model, arch, photos.labelled, y, progress=report)
     choice = {
         "alpha": alpha,
         "blocks": blocks,

@@ -342,3 +342,34 @@ def test_enough_labelled_photos_also_try_tuning(tiny_model, setting, tmp_path, m
         k.endswith("_bn2.weight") and not torch.equal(v, base[k]) for k, v in adapted.items()
     )
     assert bn_weights_moved == (record["head"] == "tuned")
+
+
+def test_tuning_reports_progress_and_can_be_stopped(tiny_model, setting, tmp_path, monkeypatch):
+    """Tuning reports each epoch, and a progress callback that raises (the app's Cancel) stops it
+    there: nothing is written."""
+    import garbage_sorter.adapt as adapt
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setattr(adapt, "MIN_TO_TUNE", 12)
+    labelled = tmp_path / "corrections"
+    for cls in ("glass", "metal", "plastic"):
+        (labelled / cls).mkdir(parents=True)
+        for photo in real_photos(cls, 8)[4:8]:
+            shutil.copy(photo, labelled / cls / photo.name)
+    seen = []
+
+    def progress(message: str) -> None:
+        seen.append(message)
+        if "epoch 2/" in message:
+            raise Stop
+
+    out = tmp_path / "adapted.pt"
+    with pytest.raises(Stop):
+        adapt.adapt(out, [setting], base=tiny_model, labelled=labelled, progress=progress)
+    assert seen[-2:] == [
+        "check 1/2: tuning on 6 labelled photos, epoch 1/10",
+        "check 1/2: tuning on 6 labelled photos, epoch 2/10",
+    ]
+    assert not out.exists()
