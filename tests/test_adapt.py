@@ -42,6 +42,17 @@ def setting(tmp_path_factory) -> Path:
     return root
 
 
+def corrections(tmp_path: Path) -> Path:
+    """A folder per class of 12 real labelled photos (4 each of glass, metal, plastic) that are
+    not in ``setting``."""
+    labelled = tmp_path / "corrections"
+    for cls in ("glass", "metal", "plastic"):
+        (labelled / cls).mkdir(parents=True)
+        for photo in real_photos(cls, 8)[4:8]:
+            shutil.copy(photo, labelled / cls / photo.name)
+    return labelled
+
+
 def run(*args: str) -> int:
     return cli.main(["adapt", *map(str, args)])
 
@@ -101,11 +112,7 @@ def test_statistics_are_the_settings(tiny_model, setting, tmp_path):
 
 
 def test_labelled_photos_choose_and_are_recorded(tiny_model, setting, tmp_path):
-    labelled = tmp_path / "corrections"
-    for cls in ("glass", "metal", "plastic"):
-        (labelled / cls).mkdir(parents=True)
-        for photo in real_photos(cls, 8)[4:8]:
-            shutil.copy(photo, labelled / cls / photo.name)
+    labelled = corrections(tmp_path)
     out = tmp_path / "adapted.pt"
     assert run("--out", out, "--model", tiny_model, "--labelled", labelled, setting) == 0
     record = load_checkpoint(out).config["adaptation"]
@@ -324,11 +331,7 @@ def test_enough_labelled_photos_also_try_tuning(tiny_model, setting, tmp_path, m
     import garbage_sorter.adapt as adapt
 
     monkeypatch.setattr(adapt, "MIN_TO_TUNE", 12)
-    labelled = tmp_path / "corrections"
-    for cls in ("glass", "metal", "plastic"):
-        (labelled / cls).mkdir(parents=True)
-        for photo in real_photos(cls, 8)[4:8]:
-            shutil.copy(photo, labelled / cls / photo.name)
+    labelled = corrections(tmp_path)
     out = tmp_path / "adapted.pt"
     assert run("--out", out, "--model", tiny_model, "--labelled", labelled, setting) == 0
     record = load_checkpoint(out).config["adaptation"]
@@ -353,11 +356,7 @@ def test_tuning_reports_progress_and_can_be_stopped(tiny_model, setting, tmp_pat
         pass
 
     monkeypatch.setattr(adapt, "MIN_TO_TUNE", 12)
-    labelled = tmp_path / "corrections"
-    for cls in ("glass", "metal", "plastic"):
-        (labelled / cls).mkdir(parents=True)
-        for photo in real_photos(cls, 8)[4:8]:
-            shutil.copy(photo, labelled / cls / photo.name)
+    labelled = corrections(tmp_path)
     seen = []
 
     def progress(message: str) -> None:
