@@ -372,3 +372,23 @@ def test_tuning_reports_progress_and_can_be_stopped(tiny_model, setting, tmp_pat
         "check 1/2: tuning on 6 labelled photos, epoch 2/10",
     ]
     assert not out.exists()
+
+
+def test_tuning_a_resnet18_moves_only_layer3_and_layer4_norms_and_the_head(tiny_model):
+    """The same split for the designed architecture: its shift score reads up to layer2."""
+    from garbage_sorter.adapt import tune_norms
+    from garbage_sorter.model import build_model
+
+    x, y = labelled_tensors(load_checkpoint(tiny_model), 2)
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(CLASSES))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tune_norms(model, "resnet18", x, y)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"fc.weight", "fc.bias"} <= changed
+    assert any(k.startswith("layer3.") for k in changed)
+    norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    for k in changed - {"fc.weight", "fc.bias"}:
+        module, name = k.rsplit(".", 1)
+        assert k.startswith(("layer3.", "layer4.")) and module in norms, k
+        assert name in ("weight", "bias"), k
