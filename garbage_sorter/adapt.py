@@ -74,7 +74,7 @@ MIN_TO_CALIBRATE = 30  # ... and to refit temperature and threshold
 # three synthetic smart bins, a bin camera, TrashNet++ and TrashNet (BENCHMARKS.md, "Tuning
 # the network on labelled photos").
 MIN_TO_TUNE = 30
-TUNE_VIEWS, TUNE_EPOCHS, TUNE_LR = 2, 10, 3e-3
+TUNE_EPOCHS, TUNE_LR = 10, 3e-3
 BATCH = 32
 METHOD = "adabn-blend"
 
@@ -304,21 +304,6 @@ def _folds(y: np.ndarray, folds: int) -> Iterator[tuple[np.ndarray, np.ndarray]]
     return StratifiedKFold(k, shuffle=True, random_state=0).split(y, y)
 
 
-def _views(x: torch.Tensor, n: int, seed: int) -> list[torch.Tensor]:
-    """``n`` fixed views of a preprocessed photo: itself, its mirror, then mirrored or not crops
-    of 80-100% of it, resized back."""
-    gen = torch.Generator().manual_seed(seed)
-    out, size = [x, x.flip(2)], x.shape[-1]
-    while len(out) < n:
-        k = int(size * (0.8 + 0.2 * float(torch.rand(1, generator=gen))))
-        i, j = (int(torch.randint(0, size - k + 1, (1,), generator=gen)) for _ in range(2))
-        crop = nn.functional.interpolate(
-            x[None, :, i : i + k, j : j + k], size=(size, size), mode="bilinear"
-        )[0]
-        out.append(crop.flip(2) if float(torch.rand(1, generator=gen)) < 0.5 else crop)
-    return out[:n]
-
-
 def _halves(model: nn.Module, arch: str) -> tuple[Callable, Callable, list[nn.Module]]:
     """(first part, last part to logits, the last part's modules) of the network, split after
     the last layer familiarity.py reads the style at (EfficientNet-Lite0: after block 10 of 16;
@@ -365,16 +350,16 @@ def tune_norms(
 
     A colour cast or a dark bin changes more than a linear head on the shipped features can
     undo; a few thousand scales and shifts are what a few dozen photos can set without learning
-    them by heart. The first part runs once on the fixed views of each photo; only the last is
+    them by heart. The first part runs once on each photo and its mirror; only the last is
     trained (in eval mode: the shipped statistics normalise). The layers the shift score reads
     are all in the first part, so the base model's familiarity reference still holds.
     """
     model.eval()
     first, second, tuned = _halves(model, arch)
     with torch.no_grad():
-        views = [v for i, x in enumerate(tensors) for v in _views(x, TUNE_VIEWS, seed + i)]
+        views = [v for x in tensors for v in (x, x.flip(2))]  # the photo and its mirror
         cached = torch.cat([first(b) for b in _batches(views)])
-    y = torch.tensor([label for label in labels for _ in range(TUNE_VIEWS)])
+    y = torch.tensor([label for label in labels for _ in range(2)])
     head = getattr(model, head_name(arch))
     params = [
         p
