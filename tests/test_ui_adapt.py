@@ -256,6 +256,23 @@ def test_frame_collector_skips_near_repeats(photos):
     assert big.frames[0].shape == (360, 640, 3)
 
 
+def test_frame_collector_keeps_each_item_in_a_dark_bin(photos):
+    """A smart bin's camera: an item on a dim shelf in a dark bin under a blue LED. Each new
+    item is a new view, however dark; the same view again with sensor noise and JPEG is not."""
+    rng = np.random.default_rng(0)
+    collector = FrameCollector()
+    for path in photos[:10]:
+        frame = np.full((480, 640, 3), 6, np.uint8)
+        frame[100:440, 100:540] = 40  # the shelf
+        frame[130:410, 180:460] = cv2.resize(cv2.imread(str(path)), (280, 280)) // 2
+        frame = (frame * np.array([1.0, 0.45, 0.25])).astype(np.uint8)  # BGR: a blue LED
+        noisy = np.clip(frame + rng.normal(0, 8, frame.shape), 0, 255).astype(np.uint8)
+        noisy = cv2.imdecode(cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], 1)
+        assert collector.add(frame), path.name
+        assert not collector.add(noisy), path.name
+    assert len(collector.frames) == 10
+
+
 def test_min_frames_is_the_cores():
     from garbage_sorter.adapt import MIN_PHOTOS
 
