@@ -74,7 +74,12 @@ MIN_TO_CALIBRATE = 30  # ... and to refit temperature and threshold
 # three synthetic smart bins, a bin camera, TrashNet++ and TrashNet (BENCHMARKS.md, "Tuning
 # the network on labelled photos").
 MIN_TO_TUNE = 30
+# Labelled photos the choice is judged on, at most (:func:`_balanced`): each candidate costs a
+# pass over them, and the choice was measured with 60 (10 per class). More photos are all used
+# to fit the candidate chosen.
+CHOOSE_ON = 60
 TUNE_EPOCHS, TUNE_LR = 10, 3e-3
+TUNE_STEPS = 40  # at most, with more photos fewer epochs (:func:`_tune`)
 BATCH = 32
 METHOD = "adabn-blend"
 
@@ -292,6 +297,22 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
+def _balanced(y: np.ndarray, most: int) -> np.ndarray:
+    """Indices of at most ``most`` photos, as many of each class as the classes allow: all of
+    them, in order, when there are no more; else a seeded draw taking one photo of each class
+    in turn."""
+    if len(y) <= most:
+        return np.arange(len(y))
+    rng = np.random.default_rng(0)
+    pools = [list(rng.permutation(np.flatnonzero(y == c))) for c in np.unique(y)]
+    chosen: list[int] = []
+    while len(chosen) < most:
+        for pool in pools:
+            if pool and len(chosen) < most:
+                chosen.append(int(pool.pop()))
+    return np.sort(np.array(chosen))
+
+
 def _folds(y: np.ndarray, folds: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(fit, held-out) indices of up to ``folds`` folds, stratified by class where every class
     has two photos or more."""
@@ -336,6 +357,17 @@ def _halves(model: nn.Module, arch: str) -> tuple[Callable, Callable, list[nn.Mo
     return first, second, [*model._blocks[middle:], model._bn1]
 
 
+def first_views(model: nn.Module, arch: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The output of the network's first part (:func:`_halves`) for every photo and its mirror,
+    in that order (rows ``2 i`` and ``2 i + 1`` are photo ``i``). Tuning leaves the first part
+    as it is, so one pass serves the checks and the final tuning."""
+    model.eval()
+    first, _, _ = _halves(model, arch)
+    with torch.no_grad():
+        views = [v for x in tensors for v in (x, x.flip(2))]
+        return torch.cat([first(b) for b in _batches(views)])
+
+
 def tune_norms(
     model: nn.Module,
     arch: str,
@@ -354,11 +386,24 @@ def tune_norms(
     trained (in eval mode: the shipped statistics normalise). The layers the shift score reads
     are all in the first part, so the base model's familiarity reference still holds.
     """
+    return _tune(model, arch, first_views(model, arch, tensors), labels, seed, progress)
+
+
+def _tune(
+    model: nn.Module,
+    arch: str,
+    cached: torch.Tensor,
+    labels: Sequence[int],
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> nn.Module:
+    """:func:`tune_norms` on the first part's output already computed (:func:`first_views`).
+
+    ``TUNE_EPOCHS`` epochs, fewer where they would take more than ``TUNE_STEPS`` steps: the
+    recipe was chosen with 60 photos (40 steps), and a user's hundreds of corrections should
+    not make Retrain take minutes."""
     model.eval()
-    first, second, tuned = _halves(model, arch)
-    with torch.no_grad():
-        views = [v for x in tensors for v in (x, x.flip(2))]  # the photo and its mirror
-        cached = torch.cat([first(b) for b in _batches(views)])
+    _, second, tuned = _halves(model, arch)
     y = torch.tensor([label for label in labels for _ in range(2)])
     head = getattr(model, head_name(arch))
     params = [
@@ -373,14 +418,15 @@ def tune_norms(
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
+    batches = -(-len(cached) // BATCH)
+    epochs = max(1, min(TUNE_EPOCHS, TUNE_STEPS // batches))
     optimizer = torch.optim.AdamW(params, TUNE_LR, weight_decay=0.0)
-    steps = TUNE_EPOCHS * -(-len(cached) // BATCH)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches)
     gen = torch.Generator().manual_seed(seed)
     report = progress or (lambda message: None)
     try:
-        for epoch in range(TUNE_EPOCHS):
-            report(f"tuning on {len(tensors)} labelled photos, epoch {epoch + 1}/{TUNE_EPOCHS}")
+        for epoch in range(epochs):
+            report(f"tuning on {len(cached) // 2} labelled photos, epoch {epoch + 1}/{epochs}")
             order = torch.randperm(len(cached), generator=gen)
             for start in range(0, len(cached), BATCH):
                 batch = order[start : start + BATCH]
@@ -401,30 +447,30 @@ def tune_norms(
 def tuned_out_of_fold_logits(
     model: nn.Module,
     arch: str,
-    tensors: Sequence[torch.Tensor],
+    cached: torch.Tensor,
     y: np.ndarray,
     num_classes: int,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Logits of a copy of ``model`` tuned (:func:`tune_norms`) on the other half, for every
-    labelled photo (2-fold: each tuning costs seconds, and half the photos judge it cautiously)."""
+    labelled photo (2-fold: each tuning costs seconds, and half the photos judge it cautiously).
+    ``cached``: the photos' :func:`first_views` through ``model``."""
     import copy
 
     report = progress or (lambda message: None)
     logits = np.zeros((len(y), num_classes), np.float32)
     for k, (fit_idx, held) in enumerate(_folds(y, 2), 1):
-        fit = [tensors[i] for i in fit_idx]
-        tuned = tune_norms(
+        rows = torch.from_numpy(np.stack([2 * fit_idx, 2 * fit_idx + 1], 1).reshape(-1))
+        tuned = _tune(
             copy.deepcopy(model),
             arch,
-            fit,
+            cached[rows],
             y[fit_idx],
             progress=lambda m, k=k: report(f"check {k}/2: {m}"),
         )
+        _, second, _ = _halves(tuned, arch)
         with torch.inference_mode():
-            logits[held] = torch.cat(
-                [tuned(b).float() for b in _batches([tensors[i] for i in held])]
-            ).numpy()
+            logits[held] = second(cached[torch.from_numpy(2 * held)]).float().numpy()
     return logits
 
 
@@ -575,41 +621,49 @@ def adapt_model(
         return _finish(model.eval(), checkpoint, photos, calibration, choice, report, style)
 
     # Candidates in order of caution: on a tie the earlier (closer to the shipped model) wins.
-    report(f"choosing with {len(y)} labelled photos")
+    # They are judged on at most CHOOSE_ON photos; the one chosen is then fitted on all.
+    on = _balanced(y, CHOOSE_ON)
+    judged, yj = [photos.labelled[i] for i in on], y[on]
+    report(f"choosing with {len(on)} labelled photos")
     candidates = []
     for alpha, blocks in CANDIDATES:
         apply(alpha, blocks)
-        feats = pooled_features(model, arch, photos.labelled)
+        feats = pooled_features(model, arch, judged)
         candidates.append((alpha, blocks, "original", head_logits(head, feats), feats))
     for alpha, blocks, _, _, feats in list(candidates):
-        oof = out_of_fold_logits(head, feats, y, len(classes))
+        oof = out_of_fold_logits(head, feats, yj, len(classes))
         candidates.append((alpha, blocks, "refitted", oof, feats))
-    scores = [float((c[3].argmax(1) == y).mean()) for c in candidates]
+    scores = [float((c[3].argmax(1) == yj).mean()) for c in candidates]
     alpha, blocks, kind, logits, feats = candidates[int(np.argmax(scores))]  # first of ties
     duel = None
-    if len(y) >= MIN_TO_TUNE:
+    if len(yj) >= MIN_TO_TUNE:
         # Tuning is judged on two folds (each costs seconds), so against the best of the others
         # on the same two folds: both fitted on half the photos, judged on the other half.
         apply(*FAMILIAR)
-        tuned = tuned_out_of_fold_logits(model, arch, photos.labelled, y, len(classes), report)
+        views = first_views(model, arch, photos.labelled)
+        rows = torch.from_numpy(np.stack([2 * on, 2 * on + 1], 1).reshape(-1))
+        tuned = tuned_out_of_fold_logits(model, arch, views[rows], yj, len(classes), report)
         rival = (
-            logits if kind == "original" else out_of_fold_logits(head, feats, y, len(classes), 2)
+            logits if kind == "original" else out_of_fold_logits(head, feats, yj, len(classes), 2)
         )
-        duel = {"best other": _accuracy(rival, y), "tuned": _accuracy(tuned, y)}
+        duel = {"best other": _accuracy(rival, yj), "tuned": _accuracy(tuned, yj)}
         candidates.append((0.0, None, "tuned", tuned, None))
         scores.append(duel["tuned"])
         if duel["tuned"] > duel["best other"]:  # on a tie the untuned one wins
             alpha, blocks, kind, logits, feats = candidates[-1]
     apply(alpha, blocks)
     if kind == "refitted":
+        if len(on) < len(y):
+            report(f"fitting the head on all {len(y)} labelled photos")
+            feats = pooled_features(model, arch, photos.labelled)
         head.load_state_dict(_fit(head, feats, y, len(classes)).state_dict())
     elif kind == "tuned":
-        tune_norms(model, arch, photos.labelled, y, progress=report)
+        _tune(model, arch, views, y, progress=report)
     choice = {
         "alpha": alpha,
         "blocks": blocks,
         "head": kind,
-        "chosen_by": f"{len(y)} labelled photos, k-fold accuracy",
+        "chosen_by": f"{len(on)} labelled photos, k-fold accuracy",
         "candidates": [
             {"alpha": c[0], "blocks": c[1], "head": c[2], "accuracy": score}
             for c, score in zip(candidates, scores, strict=True)
@@ -621,12 +675,12 @@ def adapt_model(
     # refit on a few dozen moved TrashNet's threshold so that its sure answers fell from 0.957
     # to 0.90 right, and TACO's so that it answered 2% of photos (bench/adapt.py).
     shipped = alpha == 0.0 and kind == "original"
-    if len(y) >= MIN_TO_CALIBRATE and not shipped:
+    if len(yj) >= MIN_TO_CALIBRATE and not shipped:
         from .training.report import calibrate
 
         target_precision = float(checkpoint.config.get("target_precision", 0.95))
-        calibration = calibrate(logits, y, target_precision)
-        choice["calibrated_on"] = len(y)
+        calibration = calibrate(logits, yj, target_precision)
+        choice["calibrated_on"] = len(yj)
     return _finish(model.eval(), checkpoint, photos, calibration, choice, report)
 
 
@@ -661,12 +715,14 @@ def adapt(
     *,
     base: str | os.PathLike[str] | None = None,
     labelled: str | os.PathLike[str] | None = None,
+    newest: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Adapt ``base`` (default: the bundled model) to one setting and write the result to ``out``.
 
     ``photos``: unlabelled photos of the setting (files or folders, walked like ``classify``);
-    ``labelled``: a folder per class of labelled photos from the same setting.
+    ``labelled``: a folder per class of labelled photos from the same setting; ``newest``: use
+    at most that many of each class, the last by name (the app's corrections are named by time).
 
     Returns:
         The adaptation record stored in the checkpoint (``config["adaptation"]``).
@@ -693,6 +749,10 @@ def adapt(
     except CheckpointError as exc:
         raise AdaptError(str(exc), 1) from None
     by_class = labelled_folder(labelled, checkpoint.classes) if labelled is not None else {}
+    left_out = 0
+    if newest is not None:
+        left_out = sum(max(0, len(paths) - newest) for paths in by_class.values())
+        by_class = {c: paths[max(0, len(paths) - newest) :] for c, paths in by_class.items()}
     unlabelled = list(iter_image_paths(photos))
     found = len(unlabelled) + sum(len(v) for v in by_class.values())
     if not found:
@@ -722,6 +782,7 @@ def adapt(
             if n
         },
         "unreadable_photos": read.unreadable,
+        "older_labelled_left_out": left_out,
         "base_model": str(base_path),
         "base_sha256": file_sha256(base_path)[:16],
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -392,3 +392,50 @@ def test_tuning_a_resnet18_moves_only_layer3_and_layer4_norms_and_the_head(tiny_
         module, name = k.rsplit(".", 1)
         assert k.startswith(("layer3.", "layer4.")) and module in norms, k
         assert name in ("weight", "bias"), k
+
+
+def test_the_choice_is_judged_on_a_balanced_share_and_fitted_on_all(
+    tiny_model, setting, tmp_path, monkeypatch
+):
+    """Past CHOOSE_ON labelled photos, the candidates are judged on that many, as many of each
+    class as there are; the one chosen is fitted on all of them."""
+    import garbage_sorter.adapt as adapt
+
+    monkeypatch.setattr(adapt, "CHOOSE_ON", 9)
+    labelled = corrections(tmp_path)
+    out = tmp_path / "adapted.pt"
+    assert run("--out", out, "--model", tiny_model, "--labelled", labelled, setting) == 0
+    record = load_checkpoint(out).config["adaptation"]
+    assert record["chosen_by"].startswith("9 labelled photos")
+    assert record["labelled_photos"] == 12 and record["older_labelled_left_out"] == 0
+
+    y = np.array([0] * 10 + [1] * 2 + [2] * 20)
+    on = adapt._balanced(y, 9)
+    assert np.bincount(y[on]).tolist() == [4, 2, 3] and len(set(on)) == 9
+    assert adapt._balanced(y, 40).tolist() == list(range(32))  # all, in order
+
+
+def test_newest_keeps_the_last_photos_of_each_class_by_name(tiny_model, setting, tmp_path):
+    """The app's corrections are named by time: ``newest`` learns from the last of each class
+    and counts the older ones it left out."""
+    from garbage_sorter.adapt import adapt
+
+    labelled = corrections(tmp_path)
+    record = adapt(tmp_path / "adapted.pt", [setting], base=tiny_model, labelled=labelled, newest=3)
+    assert record["labelled_per_class"] == {"glass": 3, "metal": 3, "plastic": 3}
+    assert record["older_labelled_left_out"] == 3
+
+
+def test_tuning_takes_fewer_epochs_past_its_step_budget(tiny_model, monkeypatch):
+    """More photos than TUNE_STEPS batches allow for TUNE_EPOCHS: fewer epochs, never none."""
+    import garbage_sorter.adapt as adapt
+
+    base = load_checkpoint(tiny_model)
+    x, y = labelled_tensors(base, 8)  # 24 photos, 48 views: 2 batches of 32
+    seen = []
+    monkeypatch.setattr(adapt, "TUNE_STEPS", 7)
+    adapt.tune_norms(base.build().float(), base.arch, x, y, progress=seen.append)
+    assert seen[-1] == "tuning on 24 labelled photos, epoch 3/3"
+    monkeypatch.setattr(adapt, "TUNE_STEPS", 1)
+    adapt.tune_norms(base.build().float(), base.arch, x, y, progress=seen.append)
+    assert seen[-1] == "tuning on 24 labelled photos, epoch 1/1"
