@@ -62,11 +62,11 @@ def main() -> int:
     app = application()
     window = create_window(camera=str(video))
 
-    def wait(condition, seconds: float = 600) -> None:
+    def wait(condition, what: str, seconds: float = 600) -> None:
         deadline = time.monotonic() + seconds
         while not condition():
             if time.monotonic() > deadline:
-                raise TimeoutError("the app did not get there in time")
+                raise TimeoutError(f"the app did not get there in {seconds:.0f} s: {what}")
             app.processEvents()
             time.sleep(0.005)
 
@@ -79,20 +79,20 @@ def main() -> int:
 
     ticker = QTimer(interval=20)
     ticker.timeout.connect(tick)
-    wait(lambda: window.classifier is not None and window.camera is not None)
+    wait(lambda: window.classifier is not None and window.camera is not None, "model and camera")
     window.adapt_seconds = args.seconds
     loads = []
     window.model_loaded.connect(loads.append)
 
     window.adapt_action.trigger()
     dialog = window._adapting
-    wait(lambda: dialog.phase == "adapting")
+    wait(lambda: dialog.phase == "adapting", "the frames collected", args.seconds + 120)
     kept = len(dialog.worker.frames or ())
     stalls.update(last=time.monotonic(), max=0.0)
     ticker.start()
     start = time.perf_counter()
     cpu = time.process_time()
-    wait(lambda: loads)
+    wait(lambda: loads, "the adapted model in use")
     adapt_s, adapt_cpu, adapt_stall = (
         time.perf_counter() - start,
         time.process_time() - cpu,
@@ -108,7 +108,7 @@ def main() -> int:
     start = time.perf_counter()
     cpu = time.process_time()
     window.retrain_setting_action.trigger()
-    wait(lambda: loads)
+    wait(lambda: loads, "the retrained model in use")
     retrain_s, retrain_cpu, retrain_stall = (
         time.perf_counter() - start,
         time.process_time() - cpu,

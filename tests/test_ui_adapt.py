@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def adapt_and_wait(qtbot, win) -> dialogs.AdaptDialog:
 
 
 def test_adapt_to_a_camera_switch_remember_correct_retrain_and_go_back(
-    qtbot, open_window, tiny_model, bin_camera, recording_cameras
+    qtbot, open_window, tiny_model, bin_camera, recording_cameras, photos, monkeypatch
 ):
     base_hash = sha256(tiny_model)
     win = camera_window(qtbot, open_window, tiny_model, bin_camera)
@@ -125,12 +126,18 @@ def test_adapt_to_a_camera_switch_remember_correct_retrain_and_go_back(
         "Your corrections: 0 photos" in texts and f"For Video {bin_camera.name}: 1 photo" in texts
     )
 
-    # Retrain with my corrections: the kept frames plus the correction make a new model.
+    # Retrain with my corrections: the kept frames plus the newest corrections of each class
+    # (here the one just made, not an older one) make a new model; the older one stays.
+    older = setting_corrections_dir(setting) / "metal" / "20000101-000000-0000abcd.jpg"
+    shutil.copy(photos[0], older)
+    monkeypatch.setattr(adapting, "NEWEST_CORRECTIONS", 1)
     before = sha256(adapted_model_path(setting))
     with qtbot.waitSignal(win.model_loaded, timeout=WAIT * 4):
         win.retrain_setting_action.trigger()
     record = win.classifier.checkpoint.config["adaptation"]
     assert record["labelled_photos"] == 1 and record["labelled_per_class"] == {"metal": 1}
+    assert record["older_labelled_left_out"] == 1 and older.is_file()
+    assert "and 1 correction (the newest of each class" in win.notice.message()
     assert record["unlabelled_photos"] == len(kept) and record["base_model"] == str(tiny_model)
     assert sha256(adapted_model_path(setting)) != before
     assert win.model_path == str(adapted_model_path(setting))

@@ -59,6 +59,11 @@ MAX_FRAMES = 150
 # frames would hold 900 MB, 150 at 640x360 hold 100 MB.
 MAX_SIDE = 640
 JPEG_QUALITY = 92
+# Corrections of each class an adaptation learns from, the newest (older ones stay in the
+# folder): its time grows with them. On one thread, Retrain with 150 frames and 120 corrections
+# took 84 s before the core's CHOOSE_ON, 53 s after; a smart bin's 90, whose tuning won, 59 s
+# (bench/app_adapt.py).
+NEWEST_CORRECTIONS = 15
 
 
 def setting_key(source: CameraSource) -> str:
@@ -191,7 +196,14 @@ def adapt_setting(
                 raise AdaptError("this camera has no kept frames: adapt to it first", 1)
         corrections = setting_corrections_dir(setting)
         labelled = corrections if count_corrections(corrections) else None
-        record = adapt(work / MODEL_NAME, [photos], base=base, labelled=labelled, progress=check)
+        record = adapt(
+            work / MODEL_NAME,
+            [photos],
+            base=base,
+            labelled=labelled,
+            newest=NEWEST_CORRECTIONS,
+            progress=check,
+        )
         check("keeping the adapted model")
         # Everything is ready: move it in. The model last, so it never names frames it lacks.
         if frames is not None:
@@ -247,8 +259,16 @@ class AdaptWorker(QThread):
         self._stop.set()
 
     def run(self) -> None:
+        import torch
+
         from garbage_sorter.adapt import AdaptError
 
+        # Every core: live answers pause while it runs, and the window only draws progress. The
+        # app gives torch one thread of two once a PyTorch model is in use, and on one thread
+        # Retrain with 90 corrections took 58.5 s, on two 41.9 s with the window's longest
+        # stall 38 ms (bench/app_adapt.py).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)
         try:
             record = adapt_setting(
                 self.setting,
@@ -267,4 +287,5 @@ class AdaptWorker(QThread):
         else:
             self.succeeded.emit(record)
         finally:
+            torch.set_num_threads(threads)
             self.frames = None  # the frames are on disk now (or not wanted): free them

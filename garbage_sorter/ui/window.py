@@ -952,10 +952,14 @@ class MainWindow(QMainWindow):
                 self.retrain_setting_action,
             )
             return
+        corrections = (
+            f" and {labelled} correction{'s' if labelled != 1 else ''}" if labelled else ""
+        )
+        if record.get("older_labelled_left_out", 0):
+            corrections += " (the newest of each class; older ones are kept)"
         self.notify(
             f"Adapted to {self._setting_title(setting)} from {record.get('unlabelled_photos', 0)} "
-            f"views" + (f" and {labelled} corrections" if labelled else "") + ". Model > Use the "
-            "original model goes back.",
+            f"views{corrections}. Model > Use the original model goes back.",
             "info",
             self.original_model_action,
         )
