@@ -368,6 +368,11 @@ def first_views(model: nn.Module, arch: str, tensors: Sequence[torch.Tensor]) ->
         return torch.cat([first(b) for b in _batches(views)])
 
 
+def _view_rows(photos: np.ndarray) -> torch.Tensor:
+    """The rows of :func:`first_views` that hold these photos and their mirrors."""
+    return torch.from_numpy(np.stack([2 * photos, 2 * photos + 1], 1).reshape(-1))
+
+
 def tune_norms(
     model: nn.Module,
     arch: str,
@@ -460,11 +465,10 @@ def tuned_out_of_fold_logits(
     report = progress or (lambda message: None)
     logits = np.zeros((len(y), num_classes), np.float32)
     for k, (fit_idx, held) in enumerate(_folds(y, 2), 1):
-        rows = torch.from_numpy(np.stack([2 * fit_idx, 2 * fit_idx + 1], 1).reshape(-1))
         tuned = _tune(
             copy.deepcopy(model),
             arch,
-            cached[rows],
+            cached[_view_rows(fit_idx)],
             y[fit_idx],
             progress=lambda m, k=k: report(f"check {k}/2: {m}"),
         )
@@ -641,13 +645,14 @@ def adapt_model(
         # on the same two folds: both fitted on half the photos, judged on the other half.
         apply(*FAMILIAR)
         views = first_views(model, arch, photos.labelled)
-        rows = torch.from_numpy(np.stack([2 * on, 2 * on + 1], 1).reshape(-1))
-        tuned = tuned_out_of_fold_logits(model, arch, views[rows], yj, len(classes), report)
+        tuned = tuned_out_of_fold_logits(
+            model, arch, views[_view_rows(on)], yj, len(classes), report
+        )
         rival = (
             logits if kind == "original" else out_of_fold_logits(head, feats, yj, len(classes), 2)
         )
         duel = {"best other": _accuracy(rival, yj), "tuned": _accuracy(tuned, yj)}
-        candidates.append((0.0, None, "tuned", tuned, None))
+        candidates.append((*FAMILIAR, "tuned", tuned, None))
         scores.append(duel["tuned"])
         if duel["tuned"] > duel["best other"]:  # on a tie the untuned one wins
             alpha, blocks, kind, logits, feats = candidates[-1]
