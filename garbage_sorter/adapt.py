@@ -664,11 +664,12 @@ def adapt_model(
         head.load_state_dict(_fit(head, feats, y, len(classes)).state_dict())
     elif kind == "tuned":
         _tune(model, arch, views, y, progress=report)
+    judged_on = f"{len(on)} of {len(y)}" if len(on) < len(y) else f"{len(y)}"
     choice = {
         "alpha": alpha,
         "blocks": blocks,
         "head": kind,
-        "chosen_by": f"{len(on)} labelled photos, k-fold accuracy",
+        "chosen_by": f"{judged_on} labelled photos, k-fold accuracy",
         "candidates": [
             {"alpha": c[0], "blocks": c[1], "head": c[2], "accuracy": score}
             for c, score in zip(candidates, scores, strict=True)

@@ -406,7 +406,7 @@ def test_the_choice_is_judged_on_a_balanced_share_and_fitted_on_all(
     out = tmp_path / "adapted.pt"
     assert run("--out", out, "--model", tiny_model, "--labelled", labelled, setting) == 0
     record = load_checkpoint(out).config["adaptation"]
-    assert record["chosen_by"].startswith("9 labelled photos")
+    assert record["chosen_by"].startswith("9 of 12 labelled photos")
     assert record["labelled_photos"] == 12 and record["older_labelled_left_out"] == 0
 
     y = np.array([0] * 10 + [1] * 2 + [2] * 20)
