@@ -266,9 +266,10 @@ class AdaptWorker(QThread):
         # Every core: live answers pause while it runs, and the window only draws progress. The
         # app gives torch one thread of two once a PyTorch model is in use, and on one thread
         # Retrain with 90 corrections took 58.5 s, on two 41.9 s with the window's longest
-        # stall 38 ms (bench/app_adapt.py).
+        # stall 38 ms (bench/app_adapt.py). OMP_NUM_THREADS, where set, still decides.
         threads = torch.get_num_threads()
-        torch.set_num_threads(os.cpu_count() or 1)
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(os.cpu_count() or 1)
         try:
             record = adapt_setting(
                 self.setting,
