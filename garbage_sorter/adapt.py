@@ -644,10 +644,8 @@ def adapt_model(
         # Tuning is judged on two folds (each costs seconds), so against the best of the others
         # on the same two folds: both fitted on half the photos, judged on the other half.
         apply(*FAMILIAR)
-        views = first_views(model, arch, photos.labelled)
-        tuned = tuned_out_of_fold_logits(
-            model, arch, views[_view_rows(on)], yj, len(classes), report
-        )
+        views = first_views(model, arch, judged)
+        tuned = tuned_out_of_fold_logits(model, arch, views, yj, len(classes), report)
         rival = (
             logits if kind == "original" else out_of_fold_logits(head, feats, yj, len(classes), 2)
         )
@@ -663,7 +661,10 @@ def adapt_model(
             feats = pooled_features(model, arch, photos.labelled)
         head.load_state_dict(_fit(head, feats, y, len(classes)).state_dict())
     elif kind == "tuned":
-        _tune(model, arch, views, y, progress=report)
+        rest = np.setdiff1d(np.arange(len(y)), on)  # the photos the checks did not need
+        if len(rest):
+            views = torch.cat([views, first_views(model, arch, [photos.labelled[i] for i in rest])])
+        _tune(model, arch, views, y[np.r_[on, rest]], progress=report)
     judged_on = f"{len(on)} of {len(y)}" if len(on) < len(y) else f"{len(y)}"
     choice = {
         "alpha": alpha,

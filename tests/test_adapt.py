@@ -415,6 +415,49 @@ def test_the_choice_is_judged_on_a_balanced_share_and_fitted_on_all(
     assert adapt._balanced(y, 40).tolist() == list(range(32))  # all, in order
 
 
+def test_a_tuned_winner_is_tuned_on_every_photo_with_its_own_label(
+    tiny_model, setting, tmp_path, monkeypatch
+):
+    """Past CHOOSE_ON labelled photos the tuning checks see only the judged share; a tuned winner
+    is then tuned on all of them, each photo's views with that photo's label."""
+    import garbage_sorter.adapt as adapt
+
+    monkeypatch.setattr(adapt, "CHOOSE_ON", 9)
+    monkeypatch.setattr(adapt, "MIN_TO_TUNE", 6)
+    # The duel is not what is tested here: the checks' answers are made perfect, so tuning wins.
+    monkeypatch.setattr(
+        adapt,
+        "tuned_out_of_fold_logits",
+        lambda model, arch, cached, y, n, progress: np.eye(n, dtype=np.float32)[y] * 10,
+    )
+    tuned_on = []
+    real_tune = adapt._tune
+    monkeypatch.setattr(
+        adapt,
+        "_tune",
+        lambda m, a, cached, y, **kw: (
+            tuned_on.append((cached, y)) or real_tune(m, a, cached, y, **kw)
+        ),
+    )
+    base = load_checkpoint(tiny_model)
+    classes = base.classes
+    photos = adapt.read_photos(
+        base, list(setting.iterdir()), adapt.labelled_folder(corrections(tmp_path), classes)
+    )
+    adapted = adapt.adapt_model(base, photos)
+    assert adapted.choice["head"] == "tuned" and adapted.choice["chosen_by"].startswith("9 of 12")
+
+    ((cached, y),) = tuned_on
+    model = base.build().float()
+    expected = adapt.first_views(model, base.arch, photos.labelled)
+    assert len(cached) == len(expected) == 24
+    # Each tuned row is one of the expected views, with the label of the photo it came from.
+    for row, label in zip(cached, np.repeat(y, 2), strict=True):
+        distance = (expected - row).flatten(1).abs().amax(1)
+        nearest = int(distance.argmin())
+        assert distance[nearest] < 1e-4 and photos.labels[nearest // 2] == label
+
+
 def test_newest_keeps_the_last_photos_of_each_class_by_name(tiny_model, setting, tmp_path):
     """The app's corrections are named by time: ``newest`` learns from the last of each class
     and counts the older ones it left out."""
