@@ -247,6 +247,25 @@ def test_first_look_before_any_photo_offers_nothing_to_act_on(qtbot, window, pho
     assert all(w.isHidden() for w in answer) and not window.why_action.isEnabled()
 
 
+def test_the_confidence_bar_is_green_only_for_an_answer_given_as_sure(qtbot, window, photos):
+    """A "not sure" answer, however high its percentage, is drawn amber, not green."""
+    import dataclasses
+
+    drop_and_wait(qtbot, window, photos[:1])
+    panel, prediction = window.result_panel, window.current.prediction
+
+    def chunk_colour(uncertain: bool):
+        shown = dataclasses.replace(prediction, confidence=0.9, uncertain=uncertain)
+        panel.show_prediction(shown, window.region, "Not sure")
+        image = panel.confidence.grab().toImage()
+        return image.pixelColor(image.width() // 4, image.height() // 2)
+
+    sure, not_sure = chunk_colour(False), chunk_colour(True)
+    assert sure.green() > sure.red() + 40 and sure.green() > sure.blue() + 40
+    assert not_sure.red() > not_sure.blue() + 80 and not_sure.green() > not_sure.blue() + 40
+    assert not_sure.red() > sure.red() + 80
+
+
 # -- photos in, results out -------------------------------------------------------------------------
 
 

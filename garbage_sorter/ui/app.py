@@ -24,6 +24,7 @@ STYLE_SHEET = """
 QProgressBar { border: 1px solid palette(mid); border-radius: 5px; background: palette(window);
                text-align: center; }
 QProgressBar::chunk { background: #43a047; border-radius: 4px; }
+QProgressBar[sure="false"]::chunk { background: #f0b429; }
 QListWidget { border: 1px solid palette(mid); border-radius: 8px; padding: 4px; }
 QListWidget::item { padding: 4px; border-radius: 6px; }
 QListWidget::item:selected { background: #c8e6c9; color: black; }

@@ -338,6 +338,10 @@ class ResultPanel(QFrame):
         # on the bar too, not only under it.
         unfamiliar = getattr(prediction, "unfamiliar", False)
         self.confidence.setFormat("%p%, but an unfamiliar photo" if unfamiliar else "%p% sure")
+        # ... and in its colour: green only for an answer given as sure, amber for "not sure".
+        if self.confidence.property("sure") != (not prediction.uncertain):
+            self.confidence.setProperty("sure", not prediction.uncertain)
+            self.confidence.style().polish(self.confidence)
         for (name, bar, pct), (cls, p) in zip(self._top_rows, prediction.top(3), strict=False):
             name.setText(cls.capitalize())
             bar.setValue(round(p * 1000))
