@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, machine_line, table  # noqa: E402
 from familiarity import source_rows, split_rows  # noqa: E402
-from garbage_sorter.training.report import softmax  # noqa: E402
+from garbage_sorter.training.report import precision_threshold, softmax  # noqa: E402
 
 from garbage_sorter.images import load_image  # noqa: E402
 from garbage_sorter.model import load_checkpoint  # noqa: E402
@@ -86,14 +86,6 @@ def rules(probs: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def threshold(answer: np.ndarray, confidence: np.ndarray, y: np.ndarray) -> float:
-    """The lowest confidence above which TARGET_PRECISION of the answers are right."""
-    order = np.argsort(-confidence)
-    right = (answer == y)[order]
-    precision = np.cumsum(right) / np.arange(1, len(right) + 1)
-    return float(confidence[order][np.nonzero(precision >= TARGET_PRECISION)[0].max()])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "resources/models/garbage_sorter.pt")
@@ -117,7 +109,7 @@ def main() -> None:
     header = ["rule", "threshold"] + [f"{n}: sure / right" for n in scored]
     rows = []
     for rule, (answer, confidence) in val_rules.items():
-        cut = threshold(answer, confidence, y_val)
+        cut = precision_threshold(confidence, answer == y_val, TARGET_PRECISION)
         cells = [rule, f"{cut:.3f}"]
         for y, by_rule in scored.values():
             a, c = by_rule[rule]

@@ -62,17 +62,23 @@ def choose_threshold(probs: np.ndarray, targets: np.ndarray, target_precision: f
 
     Below it the model says "not sure". Lowest, so the model abstains as rarely as it can.
     """
-    if not len(targets):
+    return precision_threshold(probs.max(1), probs.argmax(1) == targets, target_precision)
+
+
+def precision_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_precision: float
+) -> float:
+    """:func:`choose_threshold` for answers scored any way: each answer's confidence and whether
+    it is right."""
+    if not len(correct):
         return 0.0
-    conf = probs.max(1)
-    correct = probs.argmax(1) == targets
-    order = np.argsort(-conf)
+    order = np.argsort(-confidence)
     running = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
     ok = np.nonzero(running >= target_precision)[0]
     if not len(ok):
-        return float(conf.max())
+        return float(confidence.max())
     # The answers kept are the most confident ones up to the last index still above target.
-    return float(conf[order][ok[-1]])
+    return float(confidence[order][ok[-1]])
 
 
 def calibrate(
