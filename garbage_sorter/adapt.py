@@ -360,7 +360,8 @@ def _halves(model: nn.Module, arch: str) -> tuple[Callable, Callable, list[nn.Mo
 def first_views(model: nn.Module, arch: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The output of the network's first part (:func:`_halves`) for every photo and its mirror,
     in that order (rows ``2 i`` and ``2 i + 1`` are photo ``i``). Tuning leaves the first part
-    as it is, so one pass serves the checks and the final tuning."""
+    as it is, so the pass over the judged photos serves both the checks and the final tuning
+    (:func:`adapt_model` runs the other photos only when tuning wins)."""
     model.eval()
     first, _, _ = _halves(model, arch)
     with torch.no_grad():
